@@ -1,0 +1,36 @@
+"""purify: pure init/apply from JAX model code with implicit effects.
+
+Model code declares parameters, draws keys and reads/writes state as it goes;
+purify traces it ONCE into a jaxpr in which those effects are primitives, a pass
+pipeline hoists them into explicit inputs and outputs, and the pure programs that
+remain run like any JAX program. Plain JAX transforms inside the model just work,
+meaning the Python loop they stand for:
+
+    import jax, jax.numpy as jnp, purify
+
+    @purify.transform
+    def model(x):                                   # x: (batch, 3)
+      mlp = purify.nn.MLP([8, 1])
+      return jax.vmap(mlp)(x)                       # params shared, as a loop shares them
+
+    params = model.init(jax.random.key(0), jnp.ones((4, 3)))
+    y = model.apply(params, None, jnp.ones((4, 3)))
+
+Stages (one module each): effects -> trace -> passes -> lowering -> transform.
+"""
+from purify.effects import param, next_rng_key, get_state, set_state, default_init
+from purify.errors import PurifyError
+from purify.module import Module
+from purify.transform import transform, transform_with_state, Transformed, TransformedWithState
+from purify.drop_in import vmap, scan, eval_shape, lift
+from purify.inspect import make_jaxpr, explain
+
+from purify import nn  # noqa: E402  (nn uses the API above)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "param", "next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
+    "Module", "transform", "transform_with_state", "Transformed", "TransformedWithState",
+    "vmap", "scan", "eval_shape", "lift", "make_jaxpr", "explain", "nn",
+]

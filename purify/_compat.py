@@ -1,0 +1,260 @@
+"""Every private JAX import purify needs, and the 0.10.2 <-> 0.12.x differences.
+
+purify rewrites jaxprs, so it touches JAX internals that change between releases:
+the effect registries, partial-eval hooks, the jit/scan parameter layouts and the
+printing machinery. All of that lives here, behind small functions, so the rest of
+the package imports only public ``jax`` / ``jax.extend`` APIs and this module.
+
+Differences handled here (see shared/notes/jax-internals.md):
+  * 0.12 merged ClosedJaxpr into Jaxpr (``MERGED``).
+  * scan counts: ``num_consts``/``num_carry`` (0.10) vs FlatTree ``ft_in``/``ft_out`` (0.12).
+  * ``pe.dce_jaxpr`` grew a ``live_inputs`` argument in 0.12.
+  * the O(1) "bind a closed jaxpr" primitive: ``eval_jaxpr_p`` (0.10, private) vs
+    ``core.eval_jaxpr_p`` (0.12).
+"""
+from __future__ import annotations
+
+import jax
+from jax._src import config as _config
+from jax._src import core as _core
+from jax._src import effects as _effects
+from jax._src import source_info_util as _source_info_util
+from jax._src import sharding_impls as _sharding_impls
+from jax._src.interpreters import batching as _batching
+from jax._src.interpreters import partial_eval as _pe
+from jax.extend import core as jcore
+from jax.extend import linear_util as lu
+
+JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3])
+MERGED = jcore.ClosedJaxpr is jcore.Jaxpr
+
+Jaxpr = jcore.Jaxpr
+ClosedJaxpr = jcore.ClosedJaxpr
+JaxprEqn = jcore.JaxprEqn
+Var = jcore.Var
+Literal = jcore.Literal
+DropVar = _core.DropVar
+Primitive = jcore.Primitive
+ShapedArray = _core.ShapedArray
+new_jaxpr_eqn = jcore.new_jaxpr_eqn
+check_jaxpr_ = jcore.check_jaxpr
+Effect = _effects.Effect
+no_effects = _core.no_effects
+Tracer = _core.Tracer
+UNSPECIFIED = _sharding_impls.UNSPECIFIED
+pp_eqn_rules = _core.pp_eqn_rules
+pp_vars = _core.pp_vars
+fancy_primitive_batchers = _batching.fancy_primitive_batchers
+not_mapped = None  # batching rules return None for "not mapped"
+custom_partial_eval_rules = _pe.custom_partial_eval_rules
+BatchTracer = _batching.BatchTracer
+
+from jax._src.lax.control_flow import loops as _loops  # noqa: E402
+from jax._src.lax.control_flow import conditionals as _conds  # noqa: E402
+from jax._src import ad_checkpoint as _ad_checkpoint  # noqa: E402
+from jax._src import custom_derivatives as _custom_derivatives  # noqa: E402
+
+jit_p = jcore.primitives.jit_p
+scan_p = _loops.scan_p
+while_p = _loops.while_p
+cond_p = _conds.cond_p
+remat_p = _ad_checkpoint.remat_p
+custom_jvp_call_p = _custom_derivatives.custom_jvp_call_p
+custom_vjp_call_p = _custom_derivatives.custom_vjp_call_p
+closed_call_p = jcore.primitives.closed_call_p
+call_p = jcore.primitives.call_p
+try:  # shard_map moved between releases
+  from jax._src.shard_map import shard_map_p
+except ImportError:  # pragma: no cover - depends on JAX version
+  from jax.experimental.shard_map import shard_map_p  # type: ignore
+
+if MERGED:
+  eval_jaxpr_p = _core.eval_jaxpr_p
+else:
+  from jax._src.lax.eval_jaxpr import eval_jaxpr_p  # type: ignore
+
+
+# ----------------------------------------------------------------------------- effects
+def register_effect_type(effect_type) -> None:
+  """Allow an effect type in control flow, remat, custom derivatives; keep it in
+  partial eval. Deliberately NOT lowerable: an effect that survives the passes
+  must fail at lowering (purify wraps that failure in its own message)."""
+  for s in (_effects.control_flow_allowed_effects, _effects.remat_allowed_effects,
+            _effects.custom_derivatives_allowed_effects,
+            _effects.partial_eval_kept_effects):
+    s.add_type(effect_type)
+
+
+def join_effects(*sets):
+  return _core.join_effects(*sets) if sets else _core.no_effects
+
+
+def stage_unknown_rule(prim):
+  """A partial-eval rule that stages a zero-operand effect primitive as UNKNOWN, so
+  JAX's scan partial evaluation (under grad) keeps it inside the loop body instead
+  of hoisting it out (which would make one draw serve every iteration)."""
+  def rule(trace, *tracers, **params):
+    out_avals, effs = prim.abstract_eval(*[t.aval for t in tracers], **params)
+    outs = out_avals if prim.multiple_results else [out_avals]
+    in_tracers = [trace.instantiate_const(t) for t in tracers]
+    out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(a), None) for a in outs]
+    eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, prim, params, effs,
+                             _source_info_util.current())
+    for t in out_tracers:
+      t.recipe = eqn
+    return out_tracers if prim.multiple_results else out_tracers[0]
+  custom_partial_eval_rules[prim] = rule
+
+
+# ----------------------------------------------------------------------------- scope
+def make_trace_context_state(name: str, help: str):
+  """A config value that is part of JAX's trace context: jit and scan-body caches
+  re-trace when it changes (used to key those caches by purify's scope)."""
+  return _config.string_or_object_state(name, None, help, include_in_trace_context=True)
+
+
+def current_trace():
+  return _core.trace_ctx.trace
+
+
+# ----------------------------------------------------------------------------- jaxprs
+def open_of(j):
+  """The open Jaxpr of a Jaxpr/ClosedJaxpr (0.12: the same object)."""
+  if not MERGED and isinstance(j, jcore.ClosedJaxpr):
+    return j.jaxpr
+  return j
+
+
+def consts_of(j):
+  return list(j.consts) if hasattr(j, "consts") else []
+
+
+def is_jaxpr(x) -> bool:
+  return isinstance(x, (jcore.Jaxpr, jcore.ClosedJaxpr))
+
+
+def is_closed(x) -> bool:
+  """True for a ClosedJaxpr-valued param (0.12: any Jaxpr may carry consts)."""
+  return isinstance(x, jcore.ClosedJaxpr)
+
+
+def replace_jaxpr(j, **kw):
+  """``.replace(invars=..., outvars=..., eqns=..., effects=...)`` on either kind."""
+  if not MERGED and isinstance(j, jcore.ClosedJaxpr):
+    return jcore.ClosedJaxpr(j.jaxpr.replace(**kw), j.consts)
+  return j.replace(**kw)
+
+
+def closed(jaxpr, consts=()):
+  """A closed jaxpr from an open one and its consts."""
+  if MERGED:
+    if consts or jaxpr.constvars:
+      return jcore.ClosedJaxpr(jaxpr, list(consts))
+    return jaxpr
+  return jcore.ClosedJaxpr(jaxpr, list(consts))
+
+
+def make_closed(constvars, invars, outvars, eqns, effects, consts, debug_info=None):
+  j = jcore.Jaxpr(constvars, invars, outvars, eqns, effects, debug_info)
+  if MERGED:
+    return jcore.ClosedJaxpr(j, list(consts)) if constvars else j
+  return jcore.ClosedJaxpr(j, list(consts))
+
+
+def make_open(invars, outvars, eqns, effects, debug_info=None):
+  return jcore.Jaxpr([], invars, outvars, eqns, effects, debug_info)
+
+
+def make_jaxpr(fun, *avals):
+  """make_jaxpr that returns a closed jaxpr of either version."""
+  return jax.make_jaxpr(fun)(*avals)
+
+
+def check_jaxpr(j) -> None:
+  check_jaxpr_(open_of(j))
+
+
+def dce_jaxpr(jaxpr, used_outputs, instantiate=False):
+  """Dead-code elimination keeping every input (signature unchanged)."""
+  new, used_inputs = _pe.dce_jaxpr(jaxpr, used_outputs, instantiate)
+  return new, used_inputs
+
+
+def convert_constvars(jaxpr):
+  return _pe.convert_constvars_jaxpr(jaxpr)
+
+
+def bind_closed(cj, *args):
+  """Bind a closed jaxpr as ONE equation in the current trace (O(1) staging)."""
+  if MERGED:
+    return eval_jaxpr_p.bind(*args, call_jaxpr=cj)
+  return eval_jaxpr_p.bind(*args, jaxpr=cj)
+
+
+def source_info_current():
+  return _source_info_util.current()
+
+
+def new_source_info():
+  return _source_info_util.new_source_info()
+
+
+# ----------------------------------------------------------------------------- scan
+def scan_counts(params):
+  """(num_consts, num_carry, num_xs, num_ys) of a scan equation."""
+  j = params["jaxpr"]
+  if "num_consts" in params:
+    nc, nk = params["num_consts"], params["num_carry"]
+    return nc, nk, len(j.in_avals) - nc - nk, len(j.out_avals) - nk
+  c, k, x = params["ft_in"].unpack()
+  _, y = params["ft_out"].unpack()
+  return len(c), len(k), len(x), len(y)
+
+
+def scan_params_with_counts(params, num_consts, num_carry, num_xs, num_ys):
+  params = dict(params)
+  if "num_consts" in params:
+    params.update(num_consts=num_consts, num_carry=num_carry)
+    return params
+  from jax._src import flattree as ft
+  _, old_ys = params["ft_out"].unpack()
+  ys = old_ys if len(old_ys) == num_ys else ft.nones(num_ys)
+  params["ft_in"] = ft.pack((ft.nones(num_consts), ft.nones(num_carry), ft.nones(num_xs)))
+  params["ft_out"] = ft.pack((ft.nones(num_carry), ys))
+  return params
+
+
+# ----------------------------------------------------------------------------- wrapped funs
+def wrap_raising(fun_params, exc_factory):
+  """A lu.WrappedFun that raises ``exc_factory()`` when JAX calls it (used to replace
+  custom_jvp/vjp rule thunks that would re-run user Python outside purify)."""
+  def f(*args, **kwargs):
+    raise exc_factory()
+  dbg = getattr(fun_params, "debug_info", None)
+  return lu.wrap_init(f, debug_info=dbg)
+
+
+# ----------------------------------------------------------------------------- printing
+from jax._src import pretty_printer as pp  # noqa: E402
+
+
+def register_pp_rule(prim, render):
+  """``render(eqn) -> str`` prints the right-hand side; binders print as JAX does."""
+  def rule(eqn, context, settings):
+    rhs = pp.text(render(eqn))
+    if eqn.outvars:
+      lhs = pp_vars(eqn.outvars, context, print_shapes=settings.print_shapes)
+      return pp.concat([lhs, pp.text(" <- "), rhs])
+    return pp.concat([rhs, pp.text(" "), pp_vars(eqn.invars, context)])
+  pp_eqn_rules[prim] = rule
+
+
+def register_raising_lowering(prim, exc_factory):
+  from jax.interpreters import mlir
+  def rule(ctx, *args, **params):
+    raise exc_factory(prim, params)
+  mlir.register_lowering(prim, rule)
+
+
+def swap_scope(state, value):
+  return state.swap_local(value)

@@ -1,0 +1,150 @@
+"""The trace-time frame: what one trace of a user's function has declared so far.
+
+A Frame lives exactly as long as one trace (``purify.trace``). Effect calls record
+their site here (so a parameter declared under ``jax.eval_shape`` still exists, and
+a conflicting declaration can name both call sites) and bind an effect primitive
+into the jaxpr being traced. The frame's (id, event counter) is also published as a
+JAX trace-context value, so JAX's jit and scan-body caches never replay a trace made
+for another scope (see DESIGN.md, "JAX's trace caches").
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+import traceback
+from typing import Any, Callable
+
+from purify import _compat
+from purify import errors
+
+_SCOPE = _compat.make_trace_context_state(
+    "purify_scope", "purify's current effect scope (internal; keys JAX trace caches).")
+_ids = itertools.count(1)
+_tls = threading.local()
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_site() -> str:
+  """``file:line (function)`` of the innermost frame outside purify and JAX."""
+  for fs in reversed(traceback.extract_stack()[:-1]):
+    fn = os.path.abspath(fs.filename)
+    if fn.startswith(_PKG_DIR) or f"{os.sep}jax{os.sep}" in fn or "contextlib" in fn:
+      continue
+    return f"{fs.filename}:{fs.lineno} ({fs.name})"
+  return "<unknown>"
+
+
+@dataclasses.dataclass
+class ParamSite:
+  module: str
+  name: str
+  shape: tuple
+  dtype: Any
+  init: Callable
+  site: str
+  stack: tuple = ()          # leading sizes from param_axes=0 (ensembles, stacks)
+  key_name: str | None = None  # lifted params share one init key
+
+  @property
+  def path(self) -> str:
+    return f"{self.module}/{self.name}"
+
+
+@dataclasses.dataclass
+class StateSite:
+  module: str
+  name: str
+  shape: tuple
+  dtype: Any
+  init: Callable | None      # None: created by set_state (initial = first value set)
+  site: str
+
+  @property
+  def path(self) -> str:
+    return f"{self.module}/{self.name}"
+
+
+@dataclasses.dataclass
+class ModuleScope:
+  module: Any
+  in_init: bool
+
+
+class Frame:
+  """Everything one trace of the user's function declares."""
+
+  def __init__(self, key_aval):
+    self.id = next(_ids)
+    self.key_aval = key_aval          # ShapedArray of the root key's kind
+    self.params: dict[tuple[str, str], ParamSite] = {}
+    self.states: dict[tuple[str, str], StateSite] = {}
+    self.rng_sites: dict[str, str] = {}     # site id -> user call site
+    self.rng_counts: dict[str, int] = {}
+    self.module_counts: dict[tuple[str, str], int] = {}
+    self.module_stack: list[ModuleScope] = []
+    self.name_scopes: list[str] = []
+    self.shared_rng_axes: set = set()
+    self.param_stack: list[tuple[int, Any]] = []   # (size, index tracer)
+    self.lifting = 0
+    self.events = 0
+
+  # -- scope key for JAX's trace caches
+  def bump(self) -> None:
+    self.events += 1
+    _compat.swap_scope(_SCOPE, (self.id, self.events))
+
+  def module_path(self) -> str:
+    if self.module_stack:
+      return self.module_stack[-1].module.module_name
+    if self.name_scopes:
+      return self.name_scopes[-1]
+    return "~"
+
+
+def current_frame(fn: str, what: str = "") -> Frame:
+  stack = getattr(_tls, "frames", None)
+  if not stack:
+    raise errors.EffectOutsideTransformError(
+        errors.EFFECT_OUTSIDE_TRANSFORM.format(fn=fn, what=what))
+  return stack[-1]
+
+
+def maybe_frame() -> Frame | None:
+  stack = getattr(_tls, "frames", None)
+  return stack[-1] if stack else None
+
+
+class frame_scope:
+  """Context manager: make ``frame`` current and publish its scope to JAX."""
+
+  def __init__(self, frame: Frame):
+    self.frame = frame
+
+  def __enter__(self):
+    if not hasattr(_tls, "frames"):
+      _tls.frames = []
+    _tls.frames.append(self.frame)
+    self.prev = _compat.swap_scope(_SCOPE, (self.frame.id, self.frame.events))
+    return self.frame
+
+  def __exit__(self, *exc):
+    _tls.frames.pop()
+    _compat.swap_scope(_SCOPE, self.prev)
+    return False
+
+
+class no_frame:
+  """Run code (e.g. a nested transform's pure init) outside the current frame."""
+
+  def __enter__(self):
+    self.saved = getattr(_tls, "frames", [])
+    _tls.frames = []
+    self.prev = _compat.swap_scope(_SCOPE, None)
+
+  def __exit__(self, *exc):
+    _tls.frames = self.saved
+    _compat.swap_scope(_SCOPE, self.prev)
+    return False

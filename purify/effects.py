@@ -1,0 +1,281 @@
+"""Stage 1 — effects: the primitives that model code binds, and their JAX rules.
+
+``param``, ``next_rng_key``, ``get_state`` and ``set_state`` each bind a custom
+primitive carrying a purify Effect. The effect types are registered as allowed in
+control flow, remat and custom derivatives, and kept by partial evaluation, so the
+primitives may appear anywhere inside a traced model. They are never lowerable: the
+pass pipeline replaces every one of them by explicit inputs and outputs, and one that
+reaches XLA raises ``EffectLoweringError``.
+
+What each primitive does under JAX's transforms (decided here, at trace time, since
+vmap leaves no trace in a jaxpr):
+  * ``param`` / ``get_state`` under vmap: not batched (shared, as a loop shares them).
+  * ``next_rng_key`` under vmap: batched — the primitive records the vmap sizes in
+    its ``batch`` param and the RNG pass gives every example its own key. Axes marked
+    shared (``purify.vmap(split_rng=False)``) are not batched.
+  * ``set_state`` under vmap with a per-example value: ``PerExampleStateError``.
+  * under grad inside a scan, ``next_rng_key`` / ``get_state`` are staged as unknown
+    so JAX's partial evaluation keeps them inside the loop (else one draw would serve
+    every iteration).
+
+Sharp edges: state written inside a ``cond`` whose predicate is batched by vmap with
+a value that does not depend on the branch operands is not detected as per-example
+(both branches' writes run); see docs/semantics.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purify import _compat
+from purify import _context
+from purify import errors
+
+
+class PurifyEffect(_compat.Effect):
+  kind = "purify"
+
+  def __repr__(self):
+    return f"purify.{type(self).__name__}"
+
+  __str__ = __repr__
+
+
+class ParamEffect(PurifyEffect):
+  kind = "param"
+
+
+class RngEffect(PurifyEffect):
+  kind = "rng"
+
+
+class StateEffect(PurifyEffect):
+  kind = "state"
+
+
+param_effect = ParamEffect()
+rng_effect = RngEffect()
+state_effect = StateEffect()
+for _t in (ParamEffect, RngEffect, StateEffect):
+  _compat.register_effect_type(_t)
+
+ALL_EFFECT_TYPES = (ParamEffect, RngEffect, StateEffect)
+
+
+def is_purify_effect(e) -> bool:
+  return isinstance(e, PurifyEffect)
+
+
+def strip_effects(effs, types=ALL_EFFECT_TYPES):
+  return frozenset(e for e in effs if not isinstance(e, types)) if effs else effs
+
+
+def has_effect(effs, types=ALL_EFFECT_TYPES) -> bool:
+  return any(isinstance(e, types) for e in effs)
+
+
+# ----------------------------------------------------------------------------- primitives
+param_p = _compat.Primitive("purify_param")
+rng_p = _compat.Primitive("purify_rng")
+get_state_p = _compat.Primitive("purify_get_state")
+set_state_p = _compat.Primitive("purify_set_state")
+set_state_p.multiple_results = True
+
+EFFECT_PRIMITIVES = (param_p, rng_p, get_state_p, set_state_p)
+
+
+@param_p.def_effectful_abstract_eval
+def _param_abstract_eval(*, module, name, shape, dtype):
+  return _compat.ShapedArray(shape, dtype), {param_effect}
+
+
+@rng_p.def_effectful_abstract_eval
+def _rng_abstract_eval(*, site, batch, key_shape, key_dtype):
+  return _compat.ShapedArray(tuple(batch) + tuple(key_shape), key_dtype), {rng_effect}
+
+
+@get_state_p.def_effectful_abstract_eval
+def _get_abstract_eval(*, module, name, shape, dtype):
+  return _compat.ShapedArray(shape, dtype), {state_effect}
+
+
+@set_state_p.def_effectful_abstract_eval
+def _set_abstract_eval(value, *, module, name):
+  return [], {state_effect}
+
+
+def _set_jvp(primals, tangents, *, module, name):
+  return set_state_p.bind(*primals, module=module, name=name), []
+
+
+jax.interpreters.ad.primitive_jvps[set_state_p] = _set_jvp
+
+
+def _rng_batch(axis_data, vals, dims, *, site, batch, key_shape, key_dtype):
+  frame = _context.maybe_frame()
+  if frame is not None and axis_data.name is not None and axis_data.name in frame.shared_rng_axes:
+    return rng_p.bind(site=site, batch=batch, key_shape=key_shape, key_dtype=key_dtype), _compat.not_mapped
+  out = rng_p.bind(site=site, batch=(axis_data.size,) + tuple(batch),
+                   key_shape=key_shape, key_dtype=key_dtype)
+  return out, 0
+
+
+def _set_batch(axis_data, vals, dims, *, module, name):
+  (value,), (dim,) = vals, dims
+  if dim is not _compat.not_mapped and dim is not None:
+    raise errors.PerExampleStateError(errors.PER_EXAMPLE_STATE.format(
+        path=f"{module}/{name}", axis=axis_data.name or f"of size {axis_data.size}"))
+  return set_state_p.bind(value, module=module, name=name), []
+
+
+_compat.fancy_primitive_batchers[rng_p] = _rng_batch
+_compat.fancy_primitive_batchers[set_state_p] = _set_batch
+_compat.stage_unknown_rule(rng_p)
+_compat.stage_unknown_rule(get_state_p)
+
+
+def _effect_lowering_error(prim, params):
+  shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+  return errors.EffectLoweringError(errors.EFFECT_LOWERING.format(prim=prim.name, params=shown))
+
+
+for _p in EFFECT_PRIMITIVES:
+  _compat.register_raising_lowering(_p, _effect_lowering_error)
+
+_compat.register_pp_rule(param_p, lambda e: f'param "{e.params["module"]}/{e.params["name"]}"')
+_compat.register_pp_rule(get_state_p, lambda e: f'get_state "{e.params["module"]}/{e.params["name"]}"')
+_compat.register_pp_rule(set_state_p, lambda e: f'set_state "{e.params["module"]}/{e.params["name"]}"')
+_compat.register_pp_rule(
+    rng_p, lambda e: f'next_rng_key "{e.params["site"]}"' +
+    (f" batch={tuple(e.params['batch'])}" if e.params["batch"] else ""))
+
+
+# ----------------------------------------------------------------------------- user API
+def default_init(key, shape, dtype):
+  """purify's default parameter initializer (Haiku's default for ``Linear.w``):
+  truncated normal with stddev ``1/sqrt(fan_in)``, ``fan_in = prod(shape[:-1])``
+  (1 for scalars and vectors), cut at two standard deviations."""
+  fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+  std = 1.0 / np.sqrt(max(fan_in, 1))
+  # the std of a standard normal truncated to [-2, 2]
+  unscaled = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+  return (unscaled * (std / 0.87962566103423978)).astype(dtype)
+
+
+def _norm_shape(shape, fn, name):
+  try:
+    return tuple(int(d) for d in shape)
+  except TypeError:
+    raise TypeError(f"purify.{fn}({name!r}): shape must be a tuple of ints, got {shape!r}") from None
+
+
+def param(name: str, shape, dtype=jnp.float32, init: Callable | None = None):
+  """Declare (on first use) and return parameter ``name`` of the current module.
+
+  ``init(key, shape, dtype) -> Array`` as in ``jax.nn.initializers``; by default
+  :func:`default_init`. Example::
+
+      def f(x):
+        w = purify.param("w", (x.shape[-1], 3), init=jax.nn.initializers.ones)
+        return x @ w
+  """
+  frame = _context.current_frame("param", repr(name))
+  shape = _norm_shape(shape, "param", name)
+  dtype = jnp.dtype(dtype)
+  module = frame.module_path()
+  stack = tuple(size for size, _ in frame.param_stack)
+  full_shape = stack + shape
+  key = (module, name)
+  site = _context.user_site()
+  prev = frame.params.get(key)
+  if prev is None:
+    frame.params[key] = _context.ParamSite(module, name, full_shape, dtype,
+                                          init or default_init, site, stack)
+  elif prev.shape != full_shape or prev.dtype != dtype:
+    what = "shapes" if prev.shape != full_shape else "dtypes"
+    raise errors.ParamConflictError(errors.PARAM_CONFLICT.format(
+        path=prev.path, what=what, first_shape=prev.shape, first_dtype=prev.dtype,
+        first_site=prev.site, second_shape=full_shape, second_dtype=dtype, second_site=site))
+  frame.bump()
+  value = param_p.bind(module=module, name=name, shape=full_shape, dtype=dtype)
+  for _, index in frame.param_stack:
+    value = jax.lax.dynamic_index_in_dim(value, index, 0, keepdims=False)
+  return value
+
+
+def next_rng_key():
+  """A fresh key: a new one at every dynamic execution (per example under vmap, per
+  step under scan/while/fori), derived from the root key and this site's position.
+
+  Example::
+
+      def f(x):
+        keep = jax.random.bernoulli(purify.next_rng_key(), 0.9, x.shape)
+        return jnp.where(keep, x / 0.9, 0.)
+  """
+  frame = _context.current_frame("next_rng_key")
+  module = frame.module_path()
+  n = frame.rng_counts.get(module, 0)
+  frame.rng_counts[module] = n + 1
+  site = f"{module}#{n}"
+  frame.rng_sites[site] = _context.user_site()
+  frame.bump()
+  ka = frame.key_aval
+  return rng_p.bind(site=site, batch=(), key_shape=tuple(ka.shape), key_dtype=ka.dtype)
+
+
+def _state_site(frame, fn, name, shape, dtype, init):
+  module = frame.module_path()
+  key = (module, name)
+  site = _context.user_site()
+  prev = frame.states.get(key)
+  if prev is None:
+    if shape is None:
+      raise TypeError(
+          f"purify.{fn}({name!r}): the state does not exist yet and no shape was given. "
+          f"Pass shape= (and dtype=, init=) on first use, or create it with set_state first.")
+    prev = frame.states[key] = _context.StateSite(module, name, shape, dtype, init, site)
+  elif shape is not None and (prev.shape != shape or prev.dtype != dtype):
+    raise errors.ParamConflictError(errors.PARAM_CONFLICT.format(
+        path=prev.path, what="shapes" if prev.shape != shape else "dtypes",
+        first_shape=prev.shape, first_dtype=prev.dtype, first_site=prev.site,
+        second_shape=shape, second_dtype=dtype, second_site=site).replace("Parameter", "State"))
+  elif prev.init is None and init is not None:
+    prev.init = init
+  return prev
+
+
+def get_state(name: str, shape=None, dtype=jnp.float32, init: Callable | None = None):
+  """Read state ``name`` of the current module (creating it on first use).
+
+  ``init(shape, dtype) -> Array`` gives the initial value (as in Haiku; default
+  zeros). Example::
+
+      def f(x):
+        n = purify.get_state("count", (), jnp.int32, init=jnp.zeros)
+        purify.set_state("count", n + 1)
+        return x
+  """
+  frame = _context.current_frame("get_state", repr(name))
+  shape = None if shape is None else _norm_shape(shape, "get_state", name)
+  dtype = jnp.dtype(dtype)
+  st = _state_site(frame, "get_state", name, shape, dtype, init or jnp.zeros)
+  frame.bump()
+  return get_state_p.bind(module=st.module, name=name, shape=st.shape, dtype=st.dtype)
+
+
+def set_state(name: str, value) -> None:
+  """Write state ``name`` of the current module. The value's shape and dtype must
+  match the state's; state created by ``set_state`` starts at the first value set."""
+  frame = _context.current_frame("set_state", repr(name))
+  weak = isinstance(value, (int, float, bool))
+  value = jnp.asarray(value)
+  prev = frame.states.get((frame.module_path(), name))
+  if prev is not None and weak and value.shape == prev.shape:
+    value = value.astype(prev.dtype)
+  st = _state_site(frame, "set_state", name, tuple(value.shape), value.dtype, None)
+  frame.bump()
+  set_state_p.bind(value, module=st.module, name=name)

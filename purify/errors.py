@@ -1,0 +1,161 @@
+"""purify's errors. Each says what happened, where, and what to do instead.
+
+Long messages are module-level templates so tests can check their key phrases and
+docs can quote them.
+"""
+from __future__ import annotations
+
+
+class PurifyError(Exception):
+  """Base class of every error purify raises on purpose."""
+
+
+class EffectOutsideTransformError(PurifyError):
+  pass
+
+
+class ParamConflictError(PurifyError):
+  pass
+
+
+class ParamsMismatchError(PurifyError, ValueError):
+  pass
+
+
+class MissingRngError(PurifyError, ValueError):
+  pass
+
+
+class PerExampleStateError(PurifyError):
+  pass
+
+
+class NoRuleError(PurifyError, NotImplementedError):
+  pass
+
+
+class EffectLoweringError(PurifyError):
+  pass
+
+
+class InitializerError(PurifyError):
+  pass
+
+
+class NestedTransformError(PurifyError):
+  pass
+
+
+class CustomRuleEffectError(PurifyError):
+  pass
+
+
+class PipelineError(PurifyError):
+  pass
+
+
+EFFECT_OUTSIDE_TRANSFORM = """\
+purify.{fn}({what}) was called outside a purify transform.
+tl;dr: wrap the function that calls it with purify.transform (or
+purify.transform_with_state) and call .init / .apply:
+
+    model = purify.transform(forward)
+    params = model.init(jax.random.key(0), x)
+    out = model.apply(params, rng, x)
+
+Effects (param, next_rng_key, get_state, set_state) only have a meaning inside a
+transform, which turns them into explicit inputs and outputs."""
+
+PARAM_CONFLICT = """\
+Parameter {path!r} is declared twice with different {what}:
+  first  {first_shape} {first_dtype}  at {first_site}
+  second {second_shape} {second_dtype}  at {second_site}
+A parameter is created once per full name (module path + name); every later call
+with the same name must ask for the same shape and dtype. Rename one of them
+(name=... on the module, or another parameter name)."""
+
+PARAMS_MISSING = """\
+apply() got params without {path!r} (shape {shape}, dtype {dtype}), which the model
+declares at {site}.
+Pass the params returned by init for this model and these input shapes."""
+
+PARAMS_EXTRA = """\
+apply() got params with an entry {path!r} that the model does not declare.
+Known entries: {known}.
+Pass the params returned by init for this model (did the model change since init?)."""
+
+PARAMS_SHAPE = """\
+apply() got params[{module!r}][{name!r}] with shape {got_shape} and dtype {got_dtype},
+but the model declares it as shape {shape}, dtype {dtype} at {site}.
+Pass params produced by init with the same input shapes."""
+
+MISSING_RNG = """\
+apply() was called with rng=None, but the model draws random keys with
+purify.next_rng_key() at:
+{sites}
+Pass a key: model.apply(params, jax.random.key(1), ...)."""
+
+PER_EXAMPLE_STATE = """\
+set_state({path!r}) writes a per-example value under jax.vmap (axis {axis}).
+State is one value shared by the whole batch (loop semantics: a loop writing one
+variable keeps the last write, which is not what a vmapped model means).
+Fix it by either:
+  * reducing over a named vmap axis before writing:
+        jax.vmap(f, axis_name="batch") and
+        purify.set_state(name, jax.lax.pmean(value, "batch"))
+  * or asking for per-example state explicitly: purify.vmap(..., state_axes=0)."""
+
+NO_RULE = """\
+purify pass {pass_name!r} has no rule for the higher-order primitive {prim!r}, but a
+purify effect ({effects}) occurs inside it.
+Move the purify effect outside of {prim!r}, or open an issue asking for a
+{pass_name} rule for {prim!r}."""
+
+EFFECT_LOWERING = """\
+purify bug: the effect primitive {prim!r} ({params}) reached XLA lowering.
+Every purify effect must be removed by the pass pipeline before lowering. Please
+report this with the model that triggers it; purify.make_jaxpr(f)(*args) and
+purify.passes.explain(...) show the IR after each pass."""
+
+INITIALIZER_TRACER = """\
+The initializer of parameter {path!r} closes over a traced value ({tracer}).
+Initializers see only (key, shape, dtype): a value computed by the model (from an
+input or another parameter) does not exist at init time. Compute it in the model
+and apply it to the parameter instead, e.g.  w = purify.param(...) * scale."""
+
+INITIALIZER_SHAPE = """\
+The initializer of parameter {path!r} returned shape {got_shape} dtype {got_dtype};
+the parameter is declared as shape {shape} dtype {dtype} at {site}.
+An initializer is called as init(key, shape, dtype) and must return that shape."""
+
+NESTED_INIT = """\
+{what} of a purify transform was called inside another purify transform.
+Its parameters would be created anew on every call and never registered with the
+outer transform. tl;dr: wrap it with purify.lift:
+
+    params = purify.lift(inner.init, name="inner")(purify.next_rng_key(), x)
+    out = inner.apply(params, None, x)
+
+(inner.apply may be called freely: it is a pure function.)"""
+
+CUSTOM_RULE_EFFECT = """\
+{kind} function {fun!r} uses purify effects ({names}) and is being differentiated.
+JAX re-runs the custom rule's Python outside purify's trace, so gradients with
+respect to those parameters cannot be computed correctly (they would be silently
+zero). Pass the parameters into the custom function as explicit arguments:
+
+    w = purify.param("w", ...)
+    y = my_custom_fn(w, x)      # instead of calling purify.param inside it"""
+
+STATE_IN_WHILE_COND = """\
+purify.set_state({path!r}) is called inside the condition function of a
+while_loop. The condition may only read state; move the write into the body."""
+
+RNG_IN_WHILE_COND = """\
+purify.next_rng_key() is called inside the condition function of a while_loop
+(site {site!r}). Draw the key in the body and carry what you need."""
+
+STATE_FIRST_WRITTEN_IN_LOOP = """\
+State {path!r} is first created by set_state inside {prim!r}; its initial value is
+then undefined. Create it before the loop with
+purify.get_state({name!r}, shape, dtype, init=...)."""

@@ -1,0 +1,73 @@
+"""Key derivation: keys come from position, not from call order.
+
+* the initial value of parameter ``module/name`` uses
+  ``derive(root, "param:module/name")``;
+* a draw of ``next_rng_key()`` at site ``module#n`` (the n-th draw traced in that
+  module) inside loops with iteration indices ``i1, i2, ...`` (outermost first; the
+  index of a scan step is the position in ``xs``, so ``reverse=True`` keeps each
+  element's key) and vmaps with example indices ``b1, b2, ...`` (outermost first) is
+  ``fold(derive(fold(root, i1, i2, ...), "rng:module#n"), b1, b2, ...)``;
+* ``derive(key, s)`` folds in the two 32-bit halves of a stable 64-bit BLAKE2b hash
+  of ``s`` (never Python's salted ``hash``), so a site's key depends only on its
+  full name: adding a layer elsewhere changes nothing here.
+
+The same functions are used by the passes (inlined into the jaxpr) and by the
+reference interpreter in the tests, so both sides agree by construction only on the
+*definition*; the tests check the numbers.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def name_hash(s: str) -> tuple[int, int]:
+  """Stable 64-bit hash of ``s`` as two uint32 halves (hi, lo)."""
+  h = int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little")
+  return (h >> 32) & 0xFFFFFFFF, h & 0xFFFFFFFF
+
+
+def derive(key, s: str):
+  hi, lo = name_hash(s)
+  return jax.random.fold_in(jax.random.fold_in(key, np.uint32(hi)), np.uint32(lo))
+
+
+def param_key(root, path: str):
+  return derive(root, "param:" + path)
+
+
+def rng_key(base, site: str):
+  return derive(base, "rng:" + site)
+
+
+def fold_indices(key, *indices):
+  for i in indices:
+    key = jax.random.fold_in(key, i)
+  return key
+
+
+def fold_batch(key, batch: tuple[int, ...]):
+  """Keys of shape ``batch``: element ``[b1, b2, ...]`` is ``fold(key, b1, b2, ...)``."""
+  if not batch:
+    return key
+  n, rest = batch[0], batch[1:]
+  return jax.vmap(lambda i: fold_batch(jax.random.fold_in(key, i), rest))(
+      jnp.arange(n, dtype=jnp.uint32))
+
+
+def key_aval(rng):
+  """The abstract value of a root key (raw uint32 PRNGKey or typed key)."""
+  return jax.typeof(rng) if not isinstance(rng, jax.ShapeDtypeStruct) else rng
+
+
+def is_typed_key(x) -> bool:
+  return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def default_key_aval():
+  return jax.eval_shape(lambda: jax.random.PRNGKey(0))

@@ -1,0 +1,58 @@
+"""Helpers shared by the threading passes at the top level of a program."""
+from __future__ import annotations
+
+from purify import _compat
+from purify import effects as fx
+from purify import errors
+
+_ROLE_RANK = {"param": 0, "rng": 1, "state": 2, "arg": 3}
+_OUT_RANK = {"out": 0, "state": 1, "state_first": 2}
+
+
+def _role_of(ch):
+  if ch[0] == "rng":
+    return ("rng",)
+  return (ch[0], (ch[1], ch[2]))
+
+
+def assemble_top(program, t, rw, worker, *, in_channels, out_channels, first_values=None):
+  """Finish the top-level rewrite: channel inputs become program inputs (with roles),
+  written channels program outputs. ``in_channels`` / ``out_channels`` are channels
+  that get an input / output even if unused (declaration order)."""
+  chans_in = list(dict.fromkeys(list(in_channels) + t.ins))
+  chans_out = list(dict.fromkeys(list(out_channels) + t.outs))
+  A = worker.channel_aval
+  ins = [(_role_of(c), t.chan_in(c, A(c))) for c in chans_in]
+  ins += list(zip(program.in_roles, t.orig_in))
+  ins.sort(key=lambda rv: _ROLE_RANK[rv[0][0]])
+  outs = list(zip(program.out_roles, t.orig_out))
+  outs += [(_role_of(c), t.chan_out(c, A(c))) for c in chans_out]
+  for c, v in (first_values or {}).items():
+    outs.append((("state_first", (c[1], c[2])), v))
+  outs.sort(key=lambda rv: _OUT_RANK[rv[0][0]])
+  j = t.finish([v for _, v in ins], [v for _, v in outs])
+  return program.replace(jaxpr=j, in_roles=tuple(r for r, _ in ins),
+                         out_roles=tuple(r for r, _ in outs))
+
+
+def iter_eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of its sub-jaxprs, recursively."""
+  for e in _compat.open_of(jaxpr).eqns:
+    yield e
+    for v in e.params.values():
+      for s in (v if isinstance(v, tuple) else (v,)):
+        if _compat.is_jaxpr(s):
+          yield from iter_eqns(s)
+
+
+def no_effect_postcondition(program, effect_types, prims, pass_name):
+  for j in (program.jaxpr, program.init_jaxpr):
+    if j is None:
+      continue
+    if fx.has_effect(_compat.open_of(j).effects, effect_types):
+      raise errors.PipelineError(f"after {pass_name}: the program still has effects "
+                                 f"{_compat.open_of(j).effects}")
+    for e in iter_eqns(j):
+      if e.primitive in prims or fx.has_effect(e.effects, effect_types):
+        raise errors.PipelineError(f"after {pass_name}: equation {e.primitive.name} "
+                                   f"still carries {e.effects}")

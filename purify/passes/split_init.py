@@ -1,0 +1,92 @@
+"""Pass: split init from apply.
+
+Both come from the one effectful program. ``init(root_key, *args)`` returns every
+parameter (its initializer called with ``keys.param_key(root, "module/name")``; a
+parameter stacked by ``param_axes=0`` gets one initializer call per member, with
+member keys folded in) and every state's initial value (its ``init(shape, dtype)``,
+or for state created by ``set_state`` the first value written, which needs the part
+of the forward computation that produces it — the DCE pass keeps only that part).
+``apply`` is the program without its ``state_first`` outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from purify import _compat
+from purify import errors
+from purify import keys
+from purify.passes.base import Pass
+
+
+def init_param(site, root):
+  """The initial value of one parameter, checked against its declaration."""
+  key = keys.param_key(root, site.key_name or site.path)
+  base_shape = tuple(site.shape[len(site.stack):])
+  fn = lambda k: site.init(k, base_shape, site.dtype)  # noqa: E731
+  for _ in site.stack:
+    fn = jax.vmap(fn)
+  try:
+    value = fn(keys.fold_batch(key, tuple(site.stack)))
+  except jax.errors.UnexpectedTracerError as e:
+    raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
+        path=site.path, tracer=str(e).splitlines()[0][:200])) from None
+  value = jnp.asarray(value)
+  if tuple(value.shape) != tuple(site.shape):
+    raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
+        path=site.path, got_shape=tuple(value.shape), got_dtype=value.dtype,
+        shape=site.shape, dtype=site.dtype, site=site.site))
+  return value.astype(site.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInit(Pass):
+  name = "split_init"
+  requires = frozenset({"no_param_effects", "no_rng_effects", "no_state_effects"})
+  provides = frozenset({"split"})
+
+  def run(self, program):
+    cj = program.jaxpr
+    j = _compat.open_of(cj)
+    consts = _compat.consts_of(cj)
+    first = [i for i, r in enumerate(program.out_roles) if r[0] == "state_first"]
+    arg_avals = [v.aval for v, r in zip(j.invars, program.in_roles) if r[0] == "arg"]
+    param_keys = list(program.params)
+    state_keys = list(program.states)
+
+    def init_fn(root, *args):
+      params = {k: init_param(program.params[k], root) for k in param_keys}
+      states = {}
+      for k in state_keys:
+        st = program.states[k]
+        init = st.init if st.init is not None else jnp.zeros
+        states[k] = jnp.asarray(init(st.shape, st.dtype), st.dtype)
+      if first:
+        ins = []
+        for r in program.in_roles:
+          ins.append({"param": lambda: params[r[1]], "rng": lambda: root,
+                      "state": lambda: states[r[1]], "arg": lambda: args[r[1]]}[r[0]]())
+        outs = jax.core.eval_jaxpr(j, consts, *ins)
+        for i in first:
+          states[program.out_roles[i][1]] = outs[i]
+      return [params[k] for k in param_keys] + [states[k] for k in state_keys]
+
+    sds = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+           for a in arg_avals]
+    key = jax.ShapeDtypeStruct(program.key_aval.shape, program.key_aval.dtype)
+    init_cj = jax.make_jaxpr(init_fn)(key, *sds)
+    keep = [i for i, r in enumerate(program.out_roles) if r[0] != "state_first"]
+    apply_cj = _compat.replace_jaxpr(cj, outvars=[j.outvars[i] for i in keep])
+    return program.replace(
+        jaxpr=apply_cj, out_roles=tuple(program.out_roles[i] for i in keep),
+        init_jaxpr=init_cj,
+        init_in_roles=(("rng",),) + tuple(("arg", i) for i in range(len(arg_avals))),
+        init_out_roles=tuple(("param", k) for k in param_keys) + tuple(("state", k) for k in state_keys))
+
+  def postcondition(self, program):
+    if program.init_jaxpr is None:
+      raise errors.PipelineError("split_init produced no init program")
+    if any(r[0] == "state_first" for r in program.out_roles):
+      raise errors.PipelineError("split_init left state_first outputs in apply")

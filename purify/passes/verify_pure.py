@@ -1,0 +1,36 @@
+"""Pass: verify the programs are pure — no purify effect primitive, no purify effect
+in any effect set, and ``check_jaxpr`` passes. The last line of defence before
+lowering; a failure here is a purify bug and names the equation."""
+from __future__ import annotations
+
+import dataclasses
+
+from purify import _compat
+from purify import effects as fx
+from purify import errors
+from purify.passes._assemble import iter_eqns
+from purify.passes.base import Pass
+
+
+def verify(program):
+  for label, j in (("apply", program.jaxpr), ("init", program.init_jaxpr)):
+    if j is None:
+      continue
+    if fx.has_effect(_compat.open_of(j).effects):
+      raise errors.PipelineError(f"purify bug: {label} program still has effects "
+                                 f"{_compat.open_of(j).effects}")
+    for e in iter_eqns(j):
+      if e.primitive in fx.EFFECT_PRIMITIVES or fx.has_effect(e.effects):
+        raise errors.PipelineError(f"purify bug: {label} program still has {e}")
+    _compat.check_jaxpr(j)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyPure(Pass):
+  name = "verify_pure"
+  requires = frozenset({"split", "dce"})
+  provides = frozenset({"verified"})
+
+  def run(self, program):
+    verify(program)
+    return program

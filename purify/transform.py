@@ -1,0 +1,272 @@
+"""Stage 5 — the public transforms: ``purify.transform`` and ``transform_with_state``.
+
+``transform(f)`` returns a ``Transformed(init, apply)`` pair (it unpacks like
+Haiku's). Both come from ONE trace of ``f`` per input signature — array shapes and
+dtypes, the static (hashable Python) argument values, and the root key's kind when
+the model draws keys — run through the pass pipeline once and cached:
+
+    init(rng, *args, **kwargs)           -> params
+    apply(params, rng, *args, **kwargs)  -> out          (rng may be None if nothing draws)
+
+``transform_with_state``: ``init -> (params, state)``, ``apply(params, state, rng, ...)
+-> (out, state)``. Params and state are ``{module_path: {name: array}}``; effects
+outside any module live under ``"~"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purify import _compat
+from purify import _context
+from purify import errors
+from purify import keys
+from purify import lowering
+from purify import passes as passes_lib
+from purify import trace as trace_lib
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One input signature's purified program, ready to run."""
+  program: trace_lib.Program
+  out_info: trace_lib.OutInfo
+  init_exec: lowering.Executable
+  apply_exec: lowering.Executable
+  records: list
+  needs_rng: bool
+
+  @property
+  def param_keys(self):
+    return list(self.program.params)
+
+  @property
+  def state_keys(self):
+    return list(self.program.states)
+
+
+def _key_kind(rng):
+  if rng is None:
+    return None
+  aval = jax.typeof(rng)
+  return (tuple(aval.shape), aval.dtype)
+
+
+class _Purified:
+  """The shared core of one transform: the trace cache and the runners."""
+
+  def __init__(self, f: Callable, with_state: bool, pipeline=None):
+    self.f = f
+    self.with_state = with_state
+    self.pipeline = pipeline or passes_lib.default_pipeline()
+    self.cache: dict[Any, dict[Any, Compiled]] = {}
+    self.trace_count = 0
+    functools.update_wrapper(self, f)
+
+  def compiled(self, rng, args, kwargs) -> tuple[Compiled, list]:
+    sig, dyn = trace_lib.signature_of(args, kwargs)
+    kind = _key_kind(rng)
+    entries = self.cache.setdefault(sig, {})
+    if kind in entries:
+      return entries[kind], dyn
+    for c in entries.values():        # a program that never derives a key serves any kind
+      if not c.program.params and not c.needs_rng:
+        return c, dyn
+      if kind is None:
+        return c, dyn
+    key_aval = jax.typeof(rng) if rng is not None else _compat.ShapedArray(
+        *_default_kind())
+    c = self._build(sig, key_aval)
+    entries[kind] = c
+    return c, dyn
+
+  def _build(self, sig, key_aval) -> Compiled:
+    self.trace_count += 1
+    program, out_info = trace_lib.trace(self.f, sig, key_aval)
+    program, records = self.pipeline.run(program)
+    name = getattr(self.f, "__name__", "model")
+    return Compiled(program, out_info,
+                    lowering.Executable(program.init_jaxpr, f"{name}_init"),
+                    lowering.Executable(program.jaxpr, f"{name}_apply"),
+                    records, any(r[0] == "rng" for r in program.in_roles))
+
+  # ---------------------------------------------------------------- init
+  def init(self, rng, *args, **kwargs):
+    frame = _context.maybe_frame()
+    if frame is not None and not frame.lifting:
+      raise errors.NestedTransformError(errors.NESTED_INIT.format(what="init"))
+    with _context.no_frame():
+      c, dyn = self.compiled(rng, args, kwargs)
+    if rng is None:
+      if c.program.params or c.needs_rng:
+        raise errors.MissingRngError(
+            "init() needs a key (rng=None was given): the model has parameters to "
+            "initialize. Call init(jax.random.key(0), ...).")
+      rng = jnp.zeros(*_default_kind())
+    flat = c.init_exec(rng, *dyn)
+    n = len(c.param_keys)
+    params = _nest(c.param_keys, flat[:n])
+    if self.with_state:
+      return params, _nest(c.state_keys, flat[n:])
+    return params
+
+  # ---------------------------------------------------------------- apply
+  def apply(self, params, *rest, **kwargs):
+    if self.with_state:
+      if len(rest) < 2:
+        raise TypeError("apply(params, state, rng, *args) needs state and rng (rng may be None)")
+      state, rng, args = rest[0], rest[1], rest[2:]
+    else:
+      if len(rest) < 1:
+        raise TypeError("apply(params, rng, *args) needs rng (it may be None)")
+      state, rng, args = None, rest[0], rest[1:]
+    with _context.no_frame():
+      c, dyn = self.compiled(rng, args, kwargs)
+    prog = c.program
+    flat_params = _flatten_checked(params, prog.params, "params")
+    flat_state = _flatten_checked(state or {}, prog.states, "state") if self.with_state else []
+    if c.needs_rng and rng is None:
+      sites = "\n".join(f"  {s}  at {w}" for s, w in prog.rng_sites.items())
+      raise errors.MissingRngError(errors.MISSING_RNG.format(sites=sites))
+    ins = []
+    pi = iter(flat_params)
+    si = iter(flat_state) if self.with_state else None
+    di = iter(dyn)
+    for r in prog.in_roles:
+      if r[0] == "param":
+        ins.append(next(pi))
+      elif r[0] == "rng":
+        ins.append(rng)
+      elif r[0] == "state":
+        ins.append(next(si) if si is not None else _zeros_for(prog.states[r[1]]))
+      else:
+        ins.append(next(di))
+    flat_out = c.apply_exec(*ins)
+    outs, new_state = [], {}
+    for r, v in zip(prog.out_roles, flat_out):
+      if r[0] == "out":
+        outs.append(v)
+      else:
+        new_state[r[1]] = v
+    out = _unflatten_out(c.out_info, outs)
+    if self.with_state:
+      return out, _nest(list(new_state), list(new_state.values()))
+    return out
+
+
+def _default_kind():
+  aval = keys.default_key_aval()
+  return tuple(aval.shape), aval.dtype
+
+
+def _zeros_for(st):
+  return jnp.zeros(st.shape, st.dtype)
+
+
+def _nest(keys_, values):
+  out: dict = {}
+  for (module, name), v in zip(keys_, values):
+    out.setdefault(module, {})[name] = v
+  return out
+
+
+def _flatten_checked(tree, table, what):
+  if not isinstance(tree, dict):
+    raise TypeError(f"apply() expects {what} as a dict {{module: {{name: array}}}}, "
+                    f"got {type(tree).__name__}")
+  flat = []
+  for (module, name), site in table.items():
+    try:
+      v = tree[module][name]
+    except (KeyError, TypeError):
+      raise errors.ParamsMismatchError(errors.PARAMS_MISSING.format(
+          path=f"{module}/{name}", shape=site.shape, dtype=site.dtype, site=site.site)
+          .replace("params", what)) from None
+    shape, dtype = tuple(np.shape(v)), jnp.result_type(v) if not hasattr(v, "dtype") else v.dtype
+    if shape != tuple(site.shape) or np.dtype(dtype) != np.dtype(site.dtype):
+      raise errors.ParamsMismatchError(errors.PARAMS_SHAPE.format(
+          module=module, name=name, got_shape=shape, got_dtype=dtype, shape=site.shape,
+          dtype=site.dtype, site=site.site).replace("params", what))
+    flat.append(v)
+  for module, sub in tree.items():
+    for name in (sub if isinstance(sub, dict) else {"<not a dict>": None}):
+      if (module, name) not in table:
+        known = ", ".join(f"{m}/{n}" for m, n in table) or "(none)"
+        raise errors.ParamsMismatchError(errors.PARAMS_EXTRA.format(
+            path=f"{module}/{name}", known=known).replace("params", what))
+  return flat
+
+
+def _unflatten_out(info: trace_lib.OutInfo, arrays):
+  leaves: list = [None] * info.treedef.num_leaves
+  for i, v in zip(info.array_idx, arrays):
+    leaves[i] = v
+  for i, v in info.static:
+    leaves[i] = v
+  return jax.tree_util.tree_unflatten(info.treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- public
+class InitFn:
+  def __init__(self, core: _Purified):
+    self.purified = core
+    functools.update_wrapper(self, core.f, updated=())
+
+  def __call__(self, rng, *args, **kwargs):
+    return self.purified.init(rng, *args, **kwargs)
+
+
+class ApplyFn:
+  def __init__(self, core: _Purified):
+    self.purified = core
+    functools.update_wrapper(self, core.f, updated=())
+
+  def __call__(self, params, *args, **kwargs):
+    return self.purified.apply(params, *args, **kwargs)
+
+
+class Transformed(NamedTuple):
+  """``init, apply = purify.transform(f)``."""
+  init: Callable
+  apply: Callable
+
+
+class TransformedWithState(NamedTuple):
+  """``init, apply = purify.transform_with_state(f)``."""
+  init: Callable
+  apply: Callable
+
+
+def transform(f: Callable | None = None, *, pipeline=None):
+  """Turn a function that uses purify effects into pure ``init`` and ``apply``.
+
+  Example::
+
+      @purify.transform
+      def model(x):
+        return purify.nn.MLP([16, 1])(x)
+
+      params = model.init(jax.random.key(0), x)
+      y = model.apply(params, None, x)
+  """
+  if f is None:
+    return functools.partial(transform, pipeline=pipeline)
+  core = _Purified(f, with_state=False, pipeline=pipeline)
+  return Transformed(InitFn(core), ApplyFn(core))
+
+
+def transform_with_state(f: Callable | None = None, *, pipeline=None):
+  """Like :func:`transform` for models with state (``get_state`` / ``set_state``)::
+
+      init(rng, *args) -> (params, state)
+      apply(params, state, rng, *args) -> (out, new_state)
+  """
+  if f is None:
+    return functools.partial(transform_with_state, pipeline=pipeline)
+  core = _Purified(f, with_state=True, pipeline=pipeline)
+  return TransformedWithState(InitFn(core), ApplyFn(core))
