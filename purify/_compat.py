@@ -188,7 +188,9 @@ def bind_closed(cj, *args):
   """Bind a closed jaxpr as ONE equation in the current trace (O(1) staging)."""
   if MERGED:
     return eval_jaxpr_p.bind(*args, call_jaxpr=cj)
-  return eval_jaxpr_p.bind(*args, jaxpr=cj)
+  # 0.10.2: its private eval_jaxpr_p fails check_jaxpr (JAX passes it a `name`
+  # param its typecheck rejects): inline instead (we bind under our own cached jit).
+  return jcore.jaxpr_as_fun(cj)(*args)
 
 
 def source_info_current():

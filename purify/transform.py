@@ -93,7 +93,7 @@ class _Purified:
     return Compiled(program, out_info,
                     lowering.Executable(program.init_jaxpr, f"{name}_init"),
                     lowering.Executable(program.jaxpr, f"{name}_apply"),
-                    records, any(r[0] == "rng" for r in program.in_roles))
+                    records, _uses_rng(program))
 
   # ---------------------------------------------------------------- init
   def init(self, rng, *args, **kwargs):
@@ -141,7 +141,7 @@ class _Purified:
       if r[0] == "param":
         ins.append(next(pi))
       elif r[0] == "rng":
-        ins.append(rng)
+        ins.append(rng if rng is not None else _dummy_key(prog.key_aval))
       elif r[0] == "state":
         ins.append(next(si) if si is not None else _zeros_for(prog.states[r[1]]))
       else:
@@ -159,9 +159,28 @@ class _Purified:
     return out
 
 
+def _uses_rng(program) -> bool:
+  """Whether apply reads its rng input (after DCE; e.g. a key drawn only for
+  ``lift``-ed initialization is not needed by apply)."""
+  j = _compat.open_of(program.jaxpr)
+  rng_vars = {v for v, r in zip(j.invars, program.in_roles) if r[0] == "rng"}
+  if not rng_vars:
+    return False
+  used = {v for e in j.eqns for v in e.invars if isinstance(v, _compat.Var)}
+  used |= {v for v in j.outvars if isinstance(v, _compat.Var)}
+  return bool(rng_vars & used)
+
+
 def _default_kind():
   aval = keys.default_key_aval()
   return tuple(aval.shape), aval.dtype
+
+
+def _dummy_key(aval):
+  """A stand-in root key for an rng input apply does not use."""
+  if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
+    return jax.random.key(0)
+  return jnp.zeros(aval.shape, aval.dtype)
 
 
 def _zeros_for(st):
