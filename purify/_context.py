@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import os
 import threading
-import traceback
+import sys
 from typing import Any, Callable
 
 from purify import _compat
@@ -24,16 +24,20 @@ _SCOPE = _compat.make_trace_context_state(
 _ids = itertools.count(1)
 _tls = threading.local()
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_JAX_MARK = f"{os.sep}jax{os.sep}"
 
 
 def user_site() -> str:
-  """``file:line (function)`` of the innermost frame outside purify and JAX."""
-  for fs in reversed(traceback.extract_stack()[:-1]):
-    fn = os.path.abspath(fs.filename)
-    if fn.startswith(_PKG_DIR) or f"{os.sep}jax{os.sep}" in fn or "contextlib" in fn:
-      continue
-    return f"{fs.filename}:{fs.lineno} ({fs.name})"
+  """``file:line (function)`` of the innermost frame outside purify and JAX.
+
+  Walks frame objects (no source lines read): this runs on every effect call."""
+  f = sys._getframe(1)
+  while f is not None:
+    fn = f.f_code.co_filename
+    if not (fn.startswith(_PKG_DIR) or _JAX_MARK in fn or fn.endswith("contextlib.py")):
+      return f"{fn}:{f.f_lineno} ({f.f_code.co_name})"
+    f = f.f_back
   return "<unknown>"
 
 

@@ -4,6 +4,9 @@ lowering; a failure here is a purify bug and names the equation."""
 from __future__ import annotations
 
 import dataclasses
+import os
+
+import jax
 
 from purify import _compat
 from purify import effects as fx
@@ -12,7 +15,7 @@ from purify.passes._assemble import iter_eqns
 from purify.passes.base import Pass
 
 
-def verify(program):
+def verify(program, check: bool = True):
   for label, j in (("apply", program.jaxpr), ("init", program.init_jaxpr)):
     if j is None:
       continue
@@ -22,7 +25,12 @@ def verify(program):
     for e in iter_eqns(j):
       if e.primitive in fx.EFFECT_PRIMITIVES or fx.has_effect(e.effects):
         raise errors.PipelineError(f"purify bug: {label} program still has {e}")
-    _compat.check_jaxpr(j)
+    if check:
+      _compat.check_jaxpr(j)
+
+
+def _checks_enabled() -> bool:
+  return bool(os.environ.get("PURIFY_VERIFY")) or bool(jax.config.jax_enable_checks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,5 +40,7 @@ class VerifyPure(Pass):
   provides = frozenset({"verified"})
 
   def run(self, program):
-    verify(program)
+    # the effect scan always runs; check_jaxpr (costly: ~half the pipeline) runs
+    # with PURIFY_VERIFY=1 or JAX_ENABLE_CHECKS=1, and in the pipeline's verify mode
+    verify(program, check=_checks_enabled())
     return program
