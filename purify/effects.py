@@ -123,11 +123,18 @@ def _rng_batch(axis_data, vals, dims, *, site, batch, key_shape, key_dtype):
   return out, 0
 
 
+def _axis_str(axis_data) -> str:
+  name = axis_data.name
+  if isinstance(name, str):
+    return f"{name!r} of size {axis_data.size}"
+  return f"unnamed, of size {axis_data.size}"
+
+
 def _set_batch(axis_data, vals, dims, *, module, name):
   (value,), (dim,) = vals, dims
   if dim is not _compat.not_mapped and dim is not None:
     raise errors.PerExampleStateError(errors.PER_EXAMPLE_STATE.format(
-        path=f"{module}/{name}", axis=axis_data.name or f"of size {axis_data.size}"))
+        path=f"{module}/{name}", axis=_axis_str(axis_data)))
   return set_state_p.bind(value, module=module, name=name), []
 
 

@@ -99,11 +99,10 @@ PER_EXAMPLE_STATE = """\
 set_state({path!r}) writes a per-example value under jax.vmap (axis {axis}).
 State is one value shared by the whole batch (loop semantics: a loop writing one
 variable keeps the last write, which is not what a vmapped model means).
-Fix it by either:
-  * reducing over a named vmap axis before writing:
+Fix it by reducing over a named vmap axis before writing:
         jax.vmap(f, axis_name="batch") and
         purify.set_state(name, jax.lax.pmean(value, "batch"))
-  * or asking for per-example state explicitly: purify.vmap(..., state_axes=0)."""
+or keep per-example values out of state (return them as outputs instead)."""
 
 NO_RULE = """\
 purify pass {pass_name!r} has no rule for the higher-order primitive {prim!r}, but a

@@ -231,10 +231,18 @@ def _unflatten_out(info: trace_lib.OutInfo, arrays):
 
 
 # ----------------------------------------------------------------------------- public
+def _name_after(obj, f, suffix):
+  # not functools.update_wrapper: __wrapped__ would make jax.jit (and inspect) see the
+  # model's signature instead of init's / apply's, breaking static_argnames
+  obj.__name__ = f"{getattr(f, '__name__', 'model')}.{suffix}"
+  obj.__qualname__ = obj.__name__
+  obj.__doc__ = getattr(f, "__doc__", None)
+
+
 class InitFn:
   def __init__(self, core: _Purified):
     self.purified = core
-    functools.update_wrapper(self, core.f, updated=())
+    _name_after(self, core.f, "init")
 
   def __call__(self, rng, *args, **kwargs):
     return self.purified.init(rng, *args, **kwargs)
@@ -243,7 +251,7 @@ class InitFn:
 class ApplyFn:
   def __init__(self, core: _Purified):
     self.purified = core
-    functools.update_wrapper(self, core.f, updated=())
+    _name_after(self, core.f, "apply")
 
   def __call__(self, params, *args, **kwargs):
     return self.purified.apply(params, *args, **kwargs)

@@ -19,8 +19,10 @@ def assemble_top(program, t, rw, worker, *, in_channels, out_channels, first_val
   """Finish the top-level rewrite: channel inputs become program inputs (with roles),
   written channels program outputs. ``in_channels`` / ``out_channels`` are channels
   that get an input / output even if unused (declaration order)."""
-  chans_in = list(dict.fromkeys(list(in_channels) + t.ins))
-  chans_out = list(dict.fromkeys(list(out_channels) + t.outs))
+  # channels that are already program inputs/outputs (a pass run twice) stay as they are
+  have_in, have_out = set(program.in_roles), set(program.out_roles)
+  chans_in = [c for c in dict.fromkeys(list(in_channels) + t.ins) if _role_of(c) not in have_in]
+  chans_out = [c for c in dict.fromkeys(list(out_channels) + t.outs) if _role_of(c) not in have_out]
   A = worker.channel_aval
   ins = [(_role_of(c), t.chan_in(c, A(c))) for c in chans_in]
   ins += list(zip(program.in_roles, t.orig_in))

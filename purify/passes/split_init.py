@@ -41,6 +41,18 @@ def init_param(site, root):
   return value.astype(site.dtype)
 
 
+def _blame_leaking_initializer(program, key):
+  """An initializer closed over a value of the model's trace: find which one."""
+  for site in program.params.values():
+    cj = jax.make_jaxpr(lambda r: init_param(site, r))(key)
+    bad = [c for c in _compat.consts_of(cj) if isinstance(c, _compat.Tracer)]
+    if bad:
+      raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
+          path=site.path, tracer=f"{type(bad[0]).__name__} {bad[0].aval.str_short()}"))
+  raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
+      path="(a state initializer)", tracer="a tracer"))
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitInit(Pass):
   name = "split_init"
@@ -77,6 +89,8 @@ class SplitInit(Pass):
            for a in arg_avals]
     key = jax.ShapeDtypeStruct(program.key_aval.shape, program.key_aval.dtype)
     init_cj = jax.make_jaxpr(init_fn)(key, *sds)
+    if any(isinstance(c, _compat.Tracer) for c in _compat.consts_of(init_cj)):
+      _blame_leaking_initializer(program, key)
     keep = [i for i, r in enumerate(program.out_roles) if r[0] != "state_first"]
     apply_cj = _compat.replace_jaxpr(cj, outvars=[j.outvars[i] for i in keep])
     return program.replace(
