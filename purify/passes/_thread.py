@@ -354,7 +354,7 @@ def _while_rule(rw, eqn):
 
 
 def _custom_rule(rw, eqn, thunk_keys, kind):
-  """custom_jvp_call / custom_vjp_call: channels become leading consts of the call.
+  """custom_jvp_call / custom_vjp_call: channels become extra arguments of the call.
 
   JAX re-runs the user's custom rule (Python) when it differentiates this call, outside
   purify's trace; the thunks that would do so are replaced by ones that raise a purify
@@ -368,17 +368,23 @@ def _custom_rule(rw, eqn, thunk_keys, kind):
         f"outside the custom-derivative function.")
   ins = t.ins
   A = lambda c: _aval(rw, c)  # noqa: E731
-  new_call = t.finish([t.chan_in(c, A(c)) for c in ins] + t.orig_in, t.orig_out)
+  nc = p["num_consts"]
+  # channels go in as ordinary arguments after the consts (not as consts): JAX then
+  # asks our rule thunk for their derivative, which raises purify's error, instead of
+  # failing on "differentiation with respect to a closed-over value".
+  new_call = t.finish(t.orig_in[:nc] + [t.chan_in(c, A(c)) for c in ins] + t.orig_in[nc:],
+                      t.orig_out)
   names = ", ".join("/".join(c[1:]) if len(c) > 1 else "next_rng_key" for c in ins)
   fun = getattr(p["call_jaxpr"], "debug_info", None)
   fun_name = getattr(fun, "func_src_info", None) or getattr(fun, "func_name", None) or "?"
   make_err = functools.partial(
       errors.CustomRuleEffectError,
       errors.CUSTOM_RULE_EFFECT.format(kind=kind, fun=fun_name, names=names))
-  params = dict(p, call_jaxpr=new_call, num_consts=p["num_consts"] + len(ins))
+  params = dict(p, call_jaxpr=new_call)
   for k in thunk_keys:
     params[k] = _compat.wrap_raising(p[k], make_err)
-  rw.emit(eqn.replace(invars=[rw.read(c) for c in ins] + list(eqn.invars), params=params,
+  ei = list(eqn.invars)
+  rw.emit(eqn.replace(invars=ei[:nc] + [rw.read(c) for c in ins] + ei[nc:], params=params,
                       effects=fx.strip_effects(eqn.effects, rw.pass_.effect_types)))
 
 
