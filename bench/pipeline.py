@@ -43,7 +43,7 @@ def count_eqns(j):
 
 def main():
   rows = []
-  ka = purify._compat.ShapedArray(*(lambda a: (tuple(a.shape), a.dtype))(keys.default_key_aval()))
+  ka = keys.default_key_aval()
   pipe = passes.default_pipeline()
   for depth in (10, 100, 1000):
     f = model(depth)

@@ -47,7 +47,6 @@ pp_vars = _core.pp_vars
 fancy_primitive_batchers = _batching.fancy_primitive_batchers
 not_mapped = None  # batching rules return None for "not mapped"
 custom_partial_eval_rules = _pe.custom_partial_eval_rules
-BatchTracer = _batching.BatchTracer
 
 from jax._src.lax.control_flow import loops as _loops  # noqa: E402
 from jax._src.lax.control_flow import conditionals as _conds  # noqa: E402
@@ -85,10 +84,6 @@ def register_effect_type(effect_type) -> None:
     s.add_type(effect_type)
 
 
-def join_effects(*sets):
-  return _core.join_effects(*sets) if sets else _core.no_effects
-
-
 def stage_unknown_rule(prim):
   """A partial-eval rule that stages a zero-operand effect primitive as UNKNOWN, so
   JAX's scan partial evaluation (under grad) keeps it inside the loop body instead
@@ -113,10 +108,6 @@ def make_trace_context_state(name: str, help: str):
   return _config.string_or_object_state(name, None, help, include_in_trace_context=True)
 
 
-def current_trace():
-  return _core.trace_ctx.trace
-
-
 # ----------------------------------------------------------------------------- jaxprs
 def open_of(j):
   """The open Jaxpr of a Jaxpr/ClosedJaxpr (0.12: the same object)."""
@@ -133,55 +124,11 @@ def is_jaxpr(x) -> bool:
   return isinstance(x, (jcore.Jaxpr, jcore.ClosedJaxpr))
 
 
-def is_closed(x) -> bool:
-  """True for a ClosedJaxpr-valued param (0.12: any Jaxpr may carry consts)."""
-  return isinstance(x, jcore.ClosedJaxpr)
-
-
 def replace_jaxpr(j, **kw):
   """``.replace(invars=..., outvars=..., eqns=..., effects=...)`` on either kind."""
   if not MERGED and isinstance(j, jcore.ClosedJaxpr):
     return jcore.ClosedJaxpr(j.jaxpr.replace(**kw), j.consts)
   return j.replace(**kw)
-
-
-def closed(jaxpr, consts=()):
-  """A closed jaxpr from an open one and its consts."""
-  if MERGED:
-    if consts or jaxpr.constvars:
-      return jcore.ClosedJaxpr(jaxpr, list(consts))
-    return jaxpr
-  return jcore.ClosedJaxpr(jaxpr, list(consts))
-
-
-def make_closed(constvars, invars, outvars, eqns, effects, consts, debug_info=None):
-  j = jcore.Jaxpr(constvars, invars, outvars, eqns, effects, debug_info)
-  if MERGED:
-    return jcore.ClosedJaxpr(j, list(consts)) if constvars else j
-  return jcore.ClosedJaxpr(j, list(consts))
-
-
-def make_open(invars, outvars, eqns, effects, debug_info=None):
-  return jcore.Jaxpr([], invars, outvars, eqns, effects, debug_info)
-
-
-def make_jaxpr(fun, *avals):
-  """make_jaxpr that returns a closed jaxpr of either version."""
-  return jax.make_jaxpr(fun)(*avals)
-
-
-def check_jaxpr(j) -> None:
-  check_jaxpr_(open_of(j))
-
-
-def dce_jaxpr(jaxpr, used_outputs, instantiate=False):
-  """Dead-code elimination keeping every input (signature unchanged)."""
-  new, used_inputs = _pe.dce_jaxpr(jaxpr, used_outputs, instantiate)
-  return new, used_inputs
-
-
-def convert_constvars(jaxpr):
-  return _pe.convert_constvars_jaxpr(jaxpr)
 
 
 def bind_closed(cj, *args):
@@ -193,12 +140,14 @@ def bind_closed(cj, *args):
   return jcore.jaxpr_as_fun(cj)(*args)
 
 
-def source_info_current():
-  return _source_info_util.current()
+def check_jaxpr(j) -> None:
+  check_jaxpr_(open_of(j))
 
 
-def new_source_info():
-  return _source_info_util.new_source_info()
+def dce_jaxpr(jaxpr, used_outputs, instantiate=False):
+  """Dead-code elimination keeping every input (signature unchanged)."""
+  new, used_inputs = _pe.dce_jaxpr(jaxpr, used_outputs, instantiate)
+  return new, used_inputs
 
 
 # ----------------------------------------------------------------------------- scan

@@ -30,8 +30,6 @@ def _mapped_size(args, in_axes, axis_size):
     return axis_size
   axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
   for a, ax in zip(args, axes):
-    leaves_axes = jax.tree_util.tree_leaves(
-        jax.tree_util.tree_map(lambda _: ax, a) if not isinstance(ax, (tuple, list, dict)) else ax)
     leaves = jax.tree_util.tree_leaves(a)
     if isinstance(ax, int):
       for leaf in leaves:
@@ -80,7 +78,7 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
           frame.param_stack.pop()
 
     axes = (0,) + (tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args))
-    idx = jnp.arange(n if n is not None else _mapped_size(args, in_axes, axis_size))
+    idx = jnp.arange(n if n is not None else _mapped_size(args, in_axes, axis_size))  # size check by vmap
     return jax.vmap(inner, in_axes=axes, out_axes=out_axes, axis_name=name,
                     axis_size=axis_size, spmd_axis_name=spmd_axis_name)(idx, *args, **kwargs)
 
@@ -153,7 +151,6 @@ class lift:
     self.name = name
 
   def __call__(self, rng, *args, **kwargs):
-    from purify import effects
     frame = _context.current_frame("lift", repr(self.name))
     scope = frame.module_path()
     prefix = self.name if scope == "~" else f"{scope}/{self.name}"

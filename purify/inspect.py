@@ -6,7 +6,6 @@ import jax
 from purify import keys
 from purify import passes as passes_lib
 from purify import trace as trace_lib
-from purify import _compat
 
 
 def make_jaxpr(f, *, key=None):
@@ -19,8 +18,7 @@ def make_jaxpr(f, *, key=None):
   """
   def run(*args, **kwargs):
     sig, _ = trace_lib.signature_of(args, kwargs)
-    ka = jax.typeof(key) if key is not None else _compat.ShapedArray(
-        *(lambda a: (tuple(a.shape), a.dtype))(keys.default_key_aval()))
+    ka = jax.typeof(key) if key is not None else keys.default_key_aval()
     program, _ = trace_lib.trace(f, sig, ka)
     return program.jaxpr
   return run
@@ -35,8 +33,7 @@ def explain(f, *args, key=None, pipeline=None, **kwargs):
         print("==", name); print(prog)
   """
   sig, _ = trace_lib.signature_of(args, kwargs)
-  ka = jax.typeof(key) if key is not None else _compat.ShapedArray(
-      *(lambda a: (tuple(a.shape), a.dtype))(keys.default_key_aval()))
+  ka = jax.typeof(key) if key is not None else keys.default_key_aval()
   program, _ = trace_lib.trace(f, sig, ka)
   pipeline = pipeline or passes_lib.default_pipeline()
   _, records = pipeline.run(program, verify=True, keep=True)

@@ -70,4 +70,6 @@ def is_typed_key(x) -> bool:
 
 
 def default_key_aval():
-  return jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  """ShapedArray of the default root key (a raw ``PRNGKey``)."""
+  sds = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  return jax.core.ShapedArray(sds.shape, sds.dtype)

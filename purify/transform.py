@@ -79,8 +79,7 @@ class _Purified:
         return c, dyn
       if kind is None:
         return c, dyn
-    key_aval = jax.typeof(rng) if rng is not None else _compat.ShapedArray(
-        *_default_kind())
+    key_aval = jax.typeof(rng) if rng is not None else keys.default_key_aval()
     c = self._build(sig, key_aval)
     entries[kind] = c
     return c, dyn
@@ -107,7 +106,7 @@ class _Purified:
         raise errors.MissingRngError(
             "init() needs a key (rng=None was given): the model has parameters to "
             "initialize. Call init(jax.random.key(0), ...).")
-      rng = jnp.zeros(*_default_kind())
+      rng = jax.random.PRNGKey(0)   # unused: nothing to initialize, nothing draws
     flat = c.init_exec(rng, *dyn)
     n = len(c.param_keys)
     params = _nest(c.param_keys, flat[:n])
@@ -169,11 +168,6 @@ def _uses_rng(program) -> bool:
   used = {v for e in j.eqns for v in e.invars if isinstance(v, _compat.Var)}
   used |= {v for v in j.outvars if isinstance(v, _compat.Var)}
   return bool(rng_vars & used)
-
-
-def _default_kind():
-  aval = keys.default_key_aval()
-  return tuple(aval.shape), aval.dtype
 
 
 def _dummy_key(aval):
