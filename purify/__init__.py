@@ -20,7 +20,7 @@ Stages (one module each): effects -> trace -> passes -> lowering -> transform.
 """
 from purify.effects import param, next_rng_key, get_state, set_state, default_init
 from purify.errors import PurifyError
-from purify.module import Module
+from purify.module import Module, name_scope
 from purify.transform import transform, transform_with_state, Transformed, TransformedWithState
 from purify.drop_in import vmap, scan, eval_shape, lift
 from purify.inspect import make_jaxpr, explain
@@ -31,6 +31,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "param", "next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
-    "Module", "transform", "transform_with_state", "Transformed", "TransformedWithState",
+    "Module", "name_scope", "transform", "transform_with_state", "Transformed", "TransformedWithState",
     "vmap", "scan", "eval_shape", "lift", "make_jaxpr", "explain", "nn",
 ]

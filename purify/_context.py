@@ -73,8 +73,14 @@ class StateSite:
 
 @dataclasses.dataclass
 class ModuleScope:
+  """One running method of a module (Haiku's ModuleState): submodules created
+  while it runs are named ``parent/child`` (``__call__``), ``parent/~/child``
+  (``__init__``) or ``parent/~method/child``; ``counters``/``used`` number them
+  afresh on every call, so calling a module twice reuses its submodules' names."""
   module: Any
-  in_init: bool
+  method_name: str
+  counters: dict = dataclasses.field(default_factory=dict)
+  used: set = dataclasses.field(default_factory=set)
 
 
 class Frame:
@@ -87,9 +93,9 @@ class Frame:
     self.states: dict[tuple[str, str], StateSite] = {}
     self.rng_sites: dict[str, str] = {}     # site id -> user call site
     self.rng_counts: dict[str, int] = {}
-    self.module_counts: dict[tuple[str, str], int] = {}
+    self.module_counts: dict[str, int] = {}     # top-level module numbering
+    self.module_names: set[str] = set()         # top-level names in use
     self.module_stack: list[ModuleScope] = []
-    self.name_scopes: list[str] = []
     self.shared_rng_axes: set = set()
     self.param_stack: list[tuple[int, Any]] = []   # (size, index tracer)
     self.lifting = 0
@@ -103,9 +109,30 @@ class Frame:
   def module_path(self) -> str:
     if self.module_stack:
       return self.module_stack[-1].module.module_name
-    if self.name_scopes:
-      return self.name_scopes[-1]
     return "~"
+
+
+class _Named:
+  """Stands in for a module in ``module_stack`` when code declares effects under
+  a path directly (lifted params, ``Module.params_dict``)."""
+
+  def __init__(self, module_name: str):
+    self.module_name = module_name
+
+
+class declared_in:
+  """Context manager: effects declared inside belong to module path ``module``."""
+
+  def __init__(self, module: str):
+    self.module = module
+
+  def __enter__(self):
+    self.frame = current_frame("declared_in")
+    self.frame.module_stack.append(ModuleScope(_Named(self.module), "__call__"))
+
+  def __exit__(self, *exc):
+    self.frame.module_stack.pop()
+    return False
 
 
 def current_frame(fn: str, what: str = "") -> Frame:

@@ -186,16 +186,7 @@ class lift:
 
 def _declare_lifted(frame, module, name, sds, init, key_name):
   from purify import effects
-  # declare under the lifted module path, bypassing the module stack
-  frame.module_stack.append(_context.ModuleScope(_Named(module), False))
-  try:
+  with _context.declared_in(module):   # under the lifted module path, not the module stack
     v = effects.param(name, sds.shape, sds.dtype, init=init)
-  finally:
-    frame.module_stack.pop()
   frame.params[(module, name)].key_name = key_name
   return v
-
-
-class _Named:
-  def __init__(self, module_name):
-    self.module_name = module_name

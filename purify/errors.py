@@ -10,6 +10,10 @@ class PurifyError(Exception):
   """Base class of every error purify raises on purpose."""
 
 
+class ModuleNameError(PurifyError, ValueError):
+  pass
+
+
 class EffectOutsideTransformError(PurifyError):
   pass
 
@@ -127,6 +131,12 @@ The initializer of parameter {path!r} returned shape {got_shape} dtype {got_dtyp
 the parameter is declared as shape {shape} dtype {dtype} at {site}.
 An initializer is called as init(key, shape, dtype) and must return that shape."""
 
+INITIALIZER_FAILED = """\
+The initializer of {what} {path!r} (declared at {site}) raised when purify called
+it as {call}:
+  {err}
+An initializer for a {what} has the signature {sig}."""
+
 NESTED_INIT = """\
 {what} of a purify transform was called inside another purify transform.
 Its parameters would be created anew on every call and never registered with the
@@ -158,3 +168,10 @@ STATE_FIRST_WRITTEN_IN_LOOP = """\
 State {path!r} is first created by set_state inside {prim!r}; its initial value is
 then undefined. Create it before the loop with
 purify.get_state({name!r}, shape, dtype, init=...)."""
+
+MODULE_NAME_TAKEN = (
+    "Module name {name!r} ({cls}, created at {site}) is already taken in this scope.\n"
+    "  An explicit name= (or an explicitly numbered one such as 'linear_1') collides with a module "
+    "created earlier in the same method call (or at top level).\n"
+    "  Fix: give this module a different name=, or reuse the existing module object."
+)

@@ -1,20 +1,25 @@
 """purify.Module: Haiku's naming scheme, on top of the effect calls.
 
-A module's ``module_name`` is its unique name in the scope it was created in:
-created at top level -> ``"mlp"``, ``"mlp_1"``, ...; created in another module's
-constructor -> ``"parent/~/child"``; in another module's method ->
-``"parent/child"``. Counters are per scope and per base name; an explicit ``name=``
-replaces the base name (``MLP`` names its layers ``linear_0``, ``linear_1``).
+A module's ``module_name`` is its unique name in the scope it was created in,
+exactly as Haiku names it: created at top level -> ``"mlp"``, ``"mlp_1"``, ...;
+in another module's constructor -> ``"parent/~/child"``; in its ``__call__`` ->
+``"parent/child"``; in another method ``m`` -> ``"parent/~m/child"``. Numbering is
+per method CALL: calling a module twice creates its submodules under the same names
+again, so their parameters are shared (as in Haiku). An explicit ``name=`` replaces
+the base name; an explicitly numbered name (``linear_0``) keeps its number.
 Parameters and state declared while a module's method runs belong to that module:
-``params["mlp/~/linear_0"]["w"]``.
+``params["mlp/~/linear_0"]["w"]``. :func:`name_scope` adds a level of naming
+without a class.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
 from purify import _context
-
+from purify import effects
+from purify import errors
 
 def _snake(name: str) -> str:
   s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
@@ -22,34 +27,69 @@ def _snake(name: str) -> str:
   return s.lower()
 
 
-class _ScopeGuard:
-  def __init__(self, module, in_init):
-    self.module, self.in_init = module, in_init
+_IDENT = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _name_and_number(name: str):
+  parts = re.split(r"_(0|[1-9]\d*)$", name, maxsplit=1)
+  return (parts[0], int(parts[1])) if len(parts) > 1 else (name, None)
+
+
+class _MethodScope:
+  """A running method of ``module``: the scope its params and submodules belong to."""
+
+  def __init__(self, module, method_name):
+    self.module, self.method_name = module, method_name
 
   def __enter__(self):
-    frame = _context.current_frame(f"{type(self.module).__name__}", "")
-    frame.module_stack.append(_context.ModuleScope(self.module, self.in_init))
-    self.frame = frame
+    self.frame = _context.current_frame(f"{type(self.module).__name__}.{self.method_name}",
+                                        "(modules are created and called inside a transform)")
+    self.frame.module_stack.append(_context.ModuleScope(self.module, self.method_name))
 
   def __exit__(self, *exc):
     self.frame.module_stack.pop()
     return False
 
 
-def _wrap_method(fn, in_init):
+def _wrap_method(fn, method_name):
   @functools.wraps(fn)
   def wrapped(self, *args, **kwargs):
-    if in_init:
-      with _ScopeGuard(self, True):
-        return fn(self, *args, **kwargs)
-    with _ScopeGuard(self, False):
+    with _MethodScope(self, method_name):
       return fn(self, *args, **kwargs)
   wrapped._purify_wrapped = True
   return wrapped
 
 
+def _unique_name(frame, module, base: str) -> str:
+  """Haiku's ``unique_and_canonical_name``: prefix with the calling method's module,
+  then number within that method call (or the transform, at top level)."""
+  caller = next((s for s in reversed(frame.module_stack) if s.module is not module), None)
+  if caller is not None:
+    m = caller.method_name
+    rel = f"~/{base}" if m == "__init__" else base if m == "__call__" else f"~{m}/{base}"
+    full = f"{caller.module.module_name}/{rel}"
+    counters, used = caller.counters, caller.used
+  else:
+    full, counters, used = base, frame.module_counts, frame.module_names
+  stem, n = _name_and_number(full)
+  explicit = n is not None
+  if n is None:
+    n = counters.get(stem, 0)
+  full = f"{stem}_{n}" if explicit or n else stem
+  if full in used:
+    raise errors.ModuleNameError(errors.MODULE_NAME_TAKEN.format(
+        name=full, cls=type(module).__name__, site=_context.user_site()))
+  used.add(full)
+  counters[stem] = max(counters.get(stem, 0), n + 1)
+  return full
+
+
 class Module:
   """Base class of purify modules (Haiku's naming; see the module docstring).
+
+  Every method (``__call__``, other methods, ``__init__``) runs in the module's
+  scope: ``purify.param``/``get_state``/``set_state`` inside it belong to the
+  module, and modules created inside it are named under it.
 
   Example::
 
@@ -68,31 +108,78 @@ class Module:
         continue
       if isinstance(value, (staticmethod, classmethod, type)):
         continue
-      if attr == "__init__":
-        setattr(cls, attr, _wrap_method(value, True))
-      elif attr == "__call__" or not attr.startswith("_"):
-        setattr(cls, attr, _wrap_method(value, False))
+      if attr.startswith("__") and attr not in ("__init__", "__call__"):
+        continue
+      setattr(cls, attr, _wrap_method(value, attr))
 
   def __init__(self, name: str | None = None):
     frame = _context.current_frame(type(self).__name__ + "()", "(modules are created inside a transform)")
-    base = name if name is not None else _snake(type(self).__name__)
-    parent = None
-    for scope in reversed(frame.module_stack):
-      if scope.module is not self:
-        parent = scope
-        break
-    if parent is not None:
-      prefix = parent.module.module_name + ("/~" if parent.in_init else "")
-    elif frame.name_scopes:
-      prefix = frame.name_scopes[-1]
-    else:
-      prefix = ""
-    n = frame.module_counts.get((prefix, base), 0)
-    frame.module_counts[(prefix, base)] = n + 1
-    unique = base if n == 0 else f"{base}_{n}"
-    self.name = unique
-    self.module_name = f"{prefix}/{unique}" if prefix else unique
+    if name is None:
+      name = _snake(type(self).__name__)
+    elif not isinstance(name, str) or not _IDENT.match(name):
+      raise ValueError(
+          f"{type(self).__name__}(name={name!r}): a module name must be a Python identifier "
+          f"(letters, digits, '_'; no '/'). Use purify.name_scope({name!r}) to add a path prefix.")
+    self.module_name = _unique_name(frame, self, name)
+    self.name = self.module_name.rsplit("/", 1)[-1]
     frame.bump()
+
+  def params_dict(self) -> dict:
+    """This module's and its submodules' parameters declared so far, as Haiku's
+    ``params_dict``: ``{"module_path/name": value}`` (values as seen here)."""
+    return self._declared("params_dict", "params")
+
+  def state_dict(self) -> dict:
+    """This module's and its submodules' state declared so far: ``{"path/name": value}``."""
+    return self._declared("state_dict", "states")
+
+  def _declared(self, fn, table):
+    frame = _context.current_frame(f"{type(self).__name__}.{fn}")
+    mine = self.module_name
+    out = {}
+    for (module, name), site in list(getattr(frame, table).items()):
+      if module != mine and not module.startswith(mine + "/"):
+        continue
+      with _context.declared_in(module):
+        if table == "params":
+          stack = tuple(size for size, _ in frame.param_stack)
+          if site.stack != stack:
+            raise errors.PurifyError(
+                f"{type(self).__name__}.{fn}(): parameter {site.path!r} was declared under "
+                f"param_axes=0 with stack {site.stack}, but here the stack is {stack}. "
+                f"Call {fn}() where the parameter is used.")
+          out[f"{module}/{name}"] = effects.param(name, site.shape[len(stack):], site.dtype, site.init)
+        else:
+          out[f"{module}/{name}"] = effects.get_state(name)
+    return out
 
   def __repr__(self):
     return f"{type(self).__name__}(module_name={getattr(self, 'module_name', '?')!r})"
+
+
+class _NameScope(Module):
+  """What :func:`name_scope` enters: a module with no methods of its own."""
+
+
+@contextlib.contextmanager
+def name_scope(name: str, *, method_name: str = "__call__"):
+  """Prefix the modules, params and state created inside with ``name`` (Haiku's
+  ``hk.name_scope``: the same as running the code in a method of a module called
+  ``name``; ``"a/b"`` nests two levels).
+
+  Example::
+
+      def f(x):
+        with purify.name_scope("block"):
+          w = purify.param("w", (), init=jax.nn.initializers.ones)   # params["block"]["w"]
+          return purify.nn.Linear(2)(x) * w                          # "block/linear"
+  """
+  if not isinstance(name, str) or not name or name.startswith("/"):
+    raise ValueError(f"purify.name_scope({name!r}): the name must be a non-empty string "
+                     "not starting with '/'.")
+  with contextlib.ExitStack() as stack:
+    module = None
+    for part in name.split("/"):
+      module = _NameScope(name=part)
+      stack.enter_context(_MethodScope(module, method_name))
+    yield

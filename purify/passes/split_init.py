@@ -33,6 +33,13 @@ def init_param(site, root):
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
+  except errors.PurifyError:
+    raise
+  except Exception as e:
+    raise errors.InitializerError(errors.INITIALIZER_FAILED.format(
+        what="parameter", path=site.path, site=site.site, call=f"init(key, {base_shape}, {site.dtype})",
+        sig="init(key, shape, dtype) -> Array, as in jax.nn.initializers",
+        err=f"{type(e).__name__}: {e}")) from e
   value = jnp.asarray(value)
   if tuple(value.shape) != tuple(site.shape):
     raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
@@ -51,6 +58,25 @@ def _blame_leaking_initializer(program, key):
           path=site.path, tracer=f"{type(bad[0]).__name__} {bad[0].aval.str_short()}"))
   raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
       path="(a state initializer)", tracer="a tracer"))
+
+
+def _initial_state(st):
+  init = st.init if st.init is not None else jnp.zeros
+  try:
+    value = jnp.asarray(init(st.shape, st.dtype))
+  except errors.PurifyError:
+    raise
+  except Exception as e:
+    raise errors.InitializerError(errors.INITIALIZER_FAILED.format(
+        what="state", path=st.path, site=st.site, call=f"init({st.shape}, {st.dtype})",
+        sig="init(shape, dtype) -> Array, as in Haiku (jnp.zeros works)",
+        err=f"{type(e).__name__}: {e}")) from e
+  if tuple(value.shape) != tuple(st.shape):
+    raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
+        path=st.path, got_shape=tuple(value.shape), got_dtype=value.dtype,
+        shape=st.shape, dtype=st.dtype, site=st.site).replace("parameter", "state").replace(
+            "init(key, shape, dtype)", "init(shape, dtype)"))
+  return value.astype(st.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +99,7 @@ class SplitInit(Pass):
       states = {}
       for k in state_keys:
         st = program.states[k]
-        init = st.init if st.init is not None else jnp.zeros
-        states[k] = jnp.asarray(init(st.shape, st.dtype), st.dtype)
+        states[k] = _initial_state(st)
       if first:
         ins = []
         for r in program.in_roles:
