@@ -1,4 +1,4 @@
-"""Every ```python block in README.md and docs/*.md runs (blocks of one file share a
+"""Every ```python block in README.md and docs/**/*.md runs (blocks of one file share a
 namespace, in order)."""
 import pathlib
 import re
@@ -6,10 +6,10 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FILES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+FILES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_doc_code_blocks_run(path):
   blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
   ns: dict = {}
