@@ -209,3 +209,12 @@ def register_raising_lowering(prim, exc_factory):
 
 def swap_scope(state, value):
   return state.swap_local(value)
+
+
+def vma_of(x) -> frozenset:
+  """The mesh axes a value varies over inside shard_map (``aval.mat.varying``)."""
+  aval = getattr(x, "aval", None)
+  mat = getattr(aval, "mat", None)
+  if mat is not None:
+    return frozenset(getattr(mat, "varying", ()) or ())
+  return frozenset(getattr(aval, "vma", ()) or ())

@@ -175,3 +175,25 @@ MODULE_NAME_TAKEN = (
     "created earlier in the same method call (or at top level).\n"
     "  Fix: give this module a different name=, or reuse the existing module object."
 )
+
+RNG_IN_SHARD_MAP = """\
+purify.next_rng_key() inside jax.shard_map ({where}) is not supported yet.
+Loop semantics asks for a different key per shard, but the shard_map body was traced
+with a key that is the same on every shard (JAX types it as shard-invariant), and
+purify will not hand every shard the same key silently.
+Fix: draw the key outside the shard_map and give each shard its own, e.g.
+        keys = jax.random.split(purify.next_rng_key(), n_shards)   # in_specs P(axis)
+and use keys[0] inside the body."""
+
+PER_SHARD_STATE = """\
+set_state({path!r}) inside jax.shard_map writes a per-shard value (it varies over mesh
+axes {axes}). State is one value for the whole program (loop semantics: a loop over
+shards writing one variable keeps only the last write).
+Fix it by reducing over the axis before writing:
+        purify.set_state(name, jax.lax.pmean(value, {axis!r}))"""
+
+STATE_IN_SHARD_MAP_NO_VMA = """\
+purify.set_state inside jax.shard_map(..., check_vma=False) (states: {states}): without
+check_vma purify cannot tell a per-shard value from a replicated one.
+Fix: use check_vma=True (the default) and reduce per-shard values with
+jax.lax.pmean(value, axis_name) before set_state."""

@@ -1,12 +1,22 @@
 """purify.nn: layers built only on purify's public API."""
 from purify.nn.linear import Linear, MLP
+from purify.nn.conv import (ConvND, Conv1D, Conv2D, Conv3D, ConvNDTranspose, Conv1DTranspose,
+                              Conv2DTranspose, Conv3DTranspose, variance_scaling, pad)
+from purify.nn.pool import avg_pool, max_pool, AvgPool, MaxPool
 from purify.nn.embed import Embed, EmbedLookupStyle
 from purify.nn.dropout import dropout
 from purify.nn.attention import MultiHeadAttention
 from purify.nn.recurrent import (RNNCore, VanillaRNN, LSTM, LSTMState, GRU, add_batch,
                                  static_unroll, dynamic_unroll)
+from purify.nn.moving_averages import ExponentialMovingAverage
+from purify.nn.norm import LayerNorm, RMSNorm, GroupNorm, BatchNorm, get_channel_index
 
 __all__ = ["Linear", "MLP"]
+__all__ += ["ConvND", "Conv1D", "Conv2D", "Conv3D", "ConvNDTranspose", "Conv1DTranspose",
+            "Conv2DTranspose", "Conv3DTranspose", "variance_scaling", "pad",
+            "avg_pool", "max_pool", "AvgPool", "MaxPool"]
 __all__ += ["Embed", "EmbedLookupStyle", "dropout", "MultiHeadAttention"]
 __all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "add_batch",
             "static_unroll", "dynamic_unroll"]
+__all__ += ["ExponentialMovingAverage", "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm",
+            "get_channel_index"]

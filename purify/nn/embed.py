@@ -6,6 +6,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import purify
 from purify.nn.linear import truncated_normal
@@ -51,7 +52,10 @@ class Embed(purify.Module):
       raise ValueError("Embed needs either an `embedding_matrix` or both `vocab_size` and "
                        "`embed_dim`.")
     if embedding_matrix is not None:
-      matrix = jnp.asarray(embedding_matrix)
+      try:   # a host copy: an initializer must not close over a value of the trace
+        matrix = np.asarray(embedding_matrix)
+      except jax.errors.TracerArrayConversionError:
+        matrix = embedding_matrix   # computed by the model: init will say so
       if matrix.ndim != 2:
         raise ValueError(f"Embed: `embedding_matrix` must be 2-D, got shape {matrix.shape}.")
       if vocab_size and matrix.shape[0] != vocab_size:
@@ -61,7 +65,7 @@ class Embed(purify.Module):
         raise ValueError(f"Embed: `embed_dim`={embed_dim} does not match the "
                          f"`embedding_matrix` shape {matrix.shape}.")
       vocab_size, embed_dim = matrix.shape
-      w_init = lambda key, shape, dtype: matrix.astype(dtype)
+      w_init = lambda key, shape, dtype: jnp.asarray(matrix, dtype)
     self.vocab_size = vocab_size
     self.embed_dim = embed_dim
     self.lookup_style = lookup_style

@@ -87,6 +87,10 @@ class ExponentialMovingAverage(purify.Module):
     average = hidden
     if self.zero_debias:
       average = average / (one - jnp.power(decay, counter))
+    # declared before it is written, with zeros: a state first created by set_state has
+    # no initial value inside a loop (scan/while), and apply must accept the state a
+    # training step produced even when this call does not update it
+    purify.get_state("average", value.shape, value.dtype, init=jnp.zeros)
     if update_stats:
       purify.set_state("counter", counter)
       purify.set_state("hidden", hidden)

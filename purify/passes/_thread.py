@@ -204,9 +204,9 @@ def _new_outs(rw, chans):
   return [_compat.Var(_aval(rw, c)) for c in chans]
 
 
-def _straight_through(rw, eqn, sub_key, extra_params=None):
+def _straight_through(rw, eqn, sub_key, extra_params=None, _sub=None):
   """Rule for call-like primitives whose inputs/outputs map 1:1 to the sub-jaxpr's."""
-  t = rw.sub(eqn.params[sub_key])
+  t = _sub if _sub is not None else rw.sub(eqn.params[sub_key])
   ins, outs = t.ins, t.outs
   new_sub = t.finish(t.orig_in + [t.chan_in(c, _aval(rw, c)) for c in ins],
                      t.orig_out + [t.chan_out(c, _aval(rw, c)) for c in outs])
@@ -396,6 +396,35 @@ def _custom_jvp_rule(rw, eqn):
 @register_hop_rule(_compat.custom_vjp_call_p)
 def _custom_vjp_rule(rw, eqn):
   _custom_rule(rw, eqn, ("fwd_jaxpr_thunk",), "jax.custom_vjp")
+
+
+def _shard_map_params(p, n_in, n_out):
+  P = jax.sharding.PartitionSpec
+  return dict(in_specs=tuple(p["in_specs"]) + (P(),) * n_in,
+              out_specs=tuple(p["out_specs"]) + (P(),) * n_out)
+
+
+@register_hop_rule(_compat.shard_map_p)
+def _shard_map_rule(rw, eqn):
+  """shard_map is a loop over shards. Params enter replicated (``P()``). State enters
+  and leaves replicated: a write that varies over a manual mesh axis (per-shard) is
+  refused like a per-example write under vmap. ``next_rng_key`` inside is refused:
+  loop semantics wants one key per shard, which would make values typed as
+  shard-invariant vary (see docs/semantics.md)."""
+  p = eqn.params
+  where = rw.where + " > shard_map"
+  t = rw.sub(p["jaxpr"], where=where)
+  if RNG in t.in_map:
+    raise errors.PurifyError(errors.RNG_IN_SHARD_MAP.format(where=where))
+  if t.out_map and not p.get("check_vma", True):
+    raise errors.PerExampleStateError(errors.STATE_IN_SHARD_MAP_NO_VMA.format(
+        states=", ".join("/".join(c[1:]) for c in t.outs)))
+  for c in t.outs:
+    axes = _compat.vma_of(t.out_map[c])
+    if axes:
+      raise errors.PerExampleStateError(errors.PER_SHARD_STATE.format(
+          path="/".join(c[1:]), axes=tuple(sorted(axes)), axis=sorted(axes)[0]))
+  _straight_through(rw, eqn, "jaxpr", _shard_map_params, _sub=t)
 
 
 # ----------------------------------------------------------------------------- the pass base

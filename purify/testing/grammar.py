@@ -1,0 +1,538 @@
+"""The program grammar: a tiny AST of effectful models, hypothesis strategies that
+build random ones, and a printer that turns one into readable Python.
+
+A program is a function ``model(x, n)`` of ``x: f32[d]`` and ``n: uint32[]`` that
+threads two values, ``h: f32[d]`` and ``z: uint32[]``, through a block of
+statements and returns ``(h, z)``. ``z`` collects integer RNG bits and counters,
+so key mistakes show up bitwise; ``h`` carries the floats. A statement is a leaf
+(a parameter use, an RNG draw, a state read/write, an elementwise op) or a
+transform around a nested block (vmap, scan, fori/while loops, cond/switch,
+checkpoint, jit, grad, eval_shape, name scopes and purify's drop-ins).
+
+Printed, a program is what :func:`purify.testing.build` executes, so a shrunk
+failure can be pasted into a test as it is. Example::
+
+    from hypothesis import given
+    from purify.testing import grammar
+
+    @given(grammar.programs())
+    def test_prints(program):
+      compile(grammar.to_source(program), "<program>", "exec")
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from hypothesis import strategies as st
+
+
+# ----------------------------------------------------------------------------- leaves
+@dataclasses.dataclass(frozen=True)
+class Param:
+  """``h = h * param`` (kind "mul", shape (d,)), ``h = tanh(h @ param)`` ("matmul",
+  shape (d, d)) or a ``purify.nn.Linear(d)`` layer ("linear")."""
+  kind: str = "mul"
+  name: str = ""
+  module: str = "~"         # filled by finalize
+  stack: tuple = ()         # param_axes=0 stack sizes, outermost first (finalize)
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+  """``next_rng_key()`` used as: "bits" (into z), "normal", "uniform", "bernoulli"."""
+  dist: str = "bits"
+  site: str = ""            # "module#n", filled by finalize
+
+
+@dataclasses.dataclass(frozen=True)
+class Counter:
+  """A uint32 state counter incremented once per execution; its value goes into z."""
+  name: str = ""
+  module: str = "~"
+
+
+@dataclasses.dataclass(frozen=True)
+class Accum:
+  """A f32[d] state accumulator ``a = a + h`` (reduced with ``pmean`` over ``axes``
+  when inside named vmaps); ``h`` reads it back."""
+  axes: tuple = ()
+  name: str = ""
+  module: str = "~"
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """An elementwise op: "tanh", "sin", "lcg" (z = z * a + c), "mix" (h += z % 7)."""
+  op: str = "tanh"
+
+
+# ----------------------------------------------------------------------------- nodes
+@dataclasses.dataclass(frozen=True)
+class Block:
+  stmts: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Vmap:
+  """flavor: "jax" (jax.vmap), "purify" (purify.vmap), "shared" (purify.vmap with
+  split_rng=False), "stack" (purify.vmap with param_axes=0)."""
+  size: int
+  named: bool
+  flavor: str
+  body: Block
+  axis: str = ""            # the axis name when named (finalize)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+  """flavor: "jax" (jax.lax.scan) or "stack" (purify.scan with param_axes=0)."""
+  length: int
+  reverse: bool
+  unroll: int
+  flavor: str
+  body: Block
+
+
+@dataclasses.dataclass(frozen=True)
+class Fori:
+  lower: int
+  length: int
+  body: Block
+
+
+@dataclasses.dataclass(frozen=True)
+class While:
+  """``while_loop`` with a fixed trip count carried in the loop state."""
+  length: int
+  body: Block
+
+
+@dataclasses.dataclass(frozen=True)
+class Cond:
+  """``lax.cond(z % 2 == 0, ...)`` (2 branches) or ``lax.switch(z % k, ...)``."""
+  branches: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Wrap:
+  """A transform that runs its body once: "checkpoint", "jit", "grad" (of
+  ``sin(h).sum()``; ``h += grad``), "eval_shape" (the body is only traced), "scope"
+  (``purify.name_scope``)."""
+  kind: str
+  body: Block
+  scope: str = ""           # the name_scope name (finalize)
+
+
+LEAF_TYPES = (Param, Draw, Counter, Accum, Op)
+NODE_TYPES = (Vmap, Scan, Fori, While, Cond, Wrap)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  d: int
+  body: Block
+
+  def __str__(self):
+    return to_source(self)
+
+
+def kind_of(node) -> str:
+  """The transform kind of a node, e.g. "vmap:shared", "scan:stack", "wrap:grad"."""
+  if isinstance(node, Vmap):
+    return f"vmap:{node.flavor}" + (":named" if node.named else "")
+  if isinstance(node, Scan):
+    return f"scan:{node.flavor}" + (":reverse" if node.reverse else "")
+  if isinstance(node, Fori):
+    return "fori"
+  if isinstance(node, While):
+    return "while"
+  if isinstance(node, Cond):
+    return "cond" if len(node.branches) == 2 else "switch"
+  if isinstance(node, Wrap):
+    return node.kind
+  return type(node).__name__.lower()
+
+
+def walk(block: Block):
+  """Every statement of a block and its nested blocks, in source order."""
+  for s in block.stmts:
+    yield s
+    for b in children(s):
+      yield from walk(b)
+
+
+def children(s):
+  if isinstance(s, (Vmap, Scan, Fori, While, Wrap)):
+    return (s.body,)
+  if isinstance(s, Cond):
+    return s.branches
+  return ()
+
+
+def kinds(program: Program) -> set:
+  return {kind_of(s) for s in walk(program.body) if isinstance(s, NODE_TYPES)}
+
+
+# ----------------------------------------------------------------------------- finalize
+def finalize(program: Program) -> Program:
+  """Give every leaf its name, module path, stack and RNG site, and every named
+  vmap / scope its name, following the documented rules: names are unique per
+  program (p0, c0, a0, v0, m0 ... in source order); a draw's site is
+  ``module#n``, the n-th draw *traced* in its module (cond/switch branches are
+  traced in order, true branch first; a name_scope ``m`` inside module ``M`` is
+  ``M/m``)."""
+  counters = {"p": 0, "c": 0, "a": 0, "v": 0, "m": 0}
+  rng_counts: dict = {}
+
+  def fresh(prefix):
+    n = counters[prefix]
+    counters[prefix] += 1
+    return f"{prefix}{n}"
+
+  def fix_block(block, module, stack, axes):
+    return Block(tuple(fix(s, module, stack, axes) for s in block.stmts))
+
+  def fix(s, module, stack, axes):
+    if isinstance(s, Param):
+      return dataclasses.replace(s, name=fresh("p"), module=module, stack=stack)
+    if isinstance(s, Draw):
+      n = rng_counts.get(module, 0)
+      rng_counts[module] = n + 1
+      return dataclasses.replace(s, site=f"{module}#{n}")
+    if isinstance(s, Counter):
+      return dataclasses.replace(s, name=fresh("c"), module=module)
+    if isinstance(s, Accum):
+      # the generator marks a reduced accumulator with axes=("*",): all enclosing axes
+      return dataclasses.replace(s, name=fresh("a"), module=module,
+                                 axes=tuple(axes) if s.axes else ())
+    if isinstance(s, Op):
+      return s
+    if isinstance(s, Vmap):
+      axis = fresh("v") if s.named else ""
+      inner_stack = stack + (s.size,) if s.flavor == "stack" else stack
+      inner_axes = axes + (axis,) if s.named else axes
+      return dataclasses.replace(s, axis=axis, body=fix_block(s.body, module, inner_stack, inner_axes))
+    if isinstance(s, Scan):
+      inner_stack = stack + (s.length,) if s.flavor == "stack" else stack
+      return dataclasses.replace(s, body=fix_block(s.body, module, inner_stack, axes))
+    if isinstance(s, (Fori, While)):
+      return dataclasses.replace(s, body=fix_block(s.body, module, stack, axes))
+    if isinstance(s, Cond):
+      return dataclasses.replace(s, branches=tuple(fix_block(b, module, stack, axes) for b in s.branches))
+    if isinstance(s, Wrap):
+      if s.kind == "scope":
+        name = fresh("m")
+        inner = name if module == "~" else f"{module}/{name}"
+        return dataclasses.replace(s, scope=name, body=fix_block(s.body, inner, stack, axes))
+      return dataclasses.replace(s, body=fix_block(s.body, module, stack, axes))
+    raise TypeError(s)
+
+  return Program(program.d, fix_block(program.body, "~", (), ()))
+
+
+def linear_module(p: Param) -> str:
+  """The module path of a "linear" Param's layer."""
+  return p.name if p.module == "~" else f"{p.module}/{p.name}"
+
+
+# ----------------------------------------------------------------------------- printing
+_DRAW = {
+    "bits": "z = z + jax.random.bits(purify.next_rng_key(), (), jnp.uint32)",
+    "normal": "h = h + 0.5 * jax.random.normal(purify.next_rng_key(), h.shape)",
+    "uniform": "h = h * jax.random.uniform(purify.next_rng_key(), h.shape)",
+    "bernoulli": "h = jnp.where(jax.random.bernoulli(purify.next_rng_key(), 0.7, h.shape), h, 0.)",
+}
+_OP = {
+    "tanh": "h = jnp.tanh(h)",
+    "sin": "h = jnp.sin(h) + 0.5 * h",
+    "lcg": "z = z * 1664525 + 1013904223",
+    "mix": "h = h + (z % 7).astype(jnp.float32)",
+}
+
+
+def to_source(program: Program, name: str = "model") -> str:
+  """Readable Python for ``program``: ``def model(x, n): ... return h, z``."""
+  d = program.d
+  lines = [f"def {name}(x, n):", "  h, z = x, n"]
+  fn_ids = iter(range(10 ** 6))
+
+  def emit_block(block, ind):
+    for s in block.stmts:
+      emit(s, ind)
+
+  def body_def(fname, block, ind, args="h, z", pre=(), ret="h, z"):
+    lines.append(f"{ind}def {fname}({args}):")
+    for p in pre:
+      lines.append(f"{ind}  {p}")
+    emit_block(block, ind + "  ")
+    lines.append(f"{ind}  return {ret}")
+
+  def emit(s, ind):
+    L = lines.append
+    if isinstance(s, Param):
+      if s.kind == "mul":
+        L(f'{ind}h = h * purify.param("{s.name}", ({d},), init=jax.nn.initializers.normal(0.5))')
+      elif s.kind == "matmul":
+        L(f'{ind}h = jnp.tanh(h @ purify.param("{s.name}", ({d}, {d})))')
+      else:
+        L(f'{ind}h = jnp.tanh(purify.nn.Linear({d}, name="{s.name}")(h))')
+    elif isinstance(s, Draw):
+      L(ind + _DRAW[s.dist])
+    elif isinstance(s, Counter):
+      L(f'{ind}c = purify.get_state("{s.name}", (), jnp.uint32, init=jnp.zeros)')
+      L(f'{ind}purify.set_state("{s.name}", c + 1)')
+      L(f"{ind}z = z + c")
+    elif isinstance(s, Accum):
+      L(f'{ind}a = purify.get_state("{s.name}", ({d},), init=jnp.zeros)')
+      val = f"jax.lax.pmean(h, {tuple(s.axes)!r})" if s.axes else "h"
+      L(f'{ind}purify.set_state("{s.name}", a + {val})')
+      L(f"{ind}h = h + 0.1 * jnp.tanh(a)")
+    elif isinstance(s, Op):
+      L(ind + _OP[s.op])
+    elif isinstance(s, Vmap):
+      f = f"f{next(fn_ids)}"
+      body_def(f, s.body, ind)
+      kw = [f'axis_name="{s.axis}"'] if s.named else []
+      if s.flavor == "jax":
+        vm = f"jax.vmap({', '.join([f] + kw)})"
+      else:
+        kw += {"purify": [], "shared": ["split_rng=False"], "stack": ["param_axes=0"]}[s.flavor]
+        vm = f"purify.vmap({', '.join([f] + kw)})"
+      L(f"{ind}hs, zs = {vm}(h * jnp.arange(1., {s.size + 1}.)[:, None], "
+        f"z + jnp.arange({s.size}, dtype=jnp.uint32))")
+      L(f"{ind}h, z = hs.mean(0), zs.sum(0)")
+    elif isinstance(s, Scan):
+      f = f"f{next(fn_ids)}"
+      body_def(f, s.body, ind, args="carry, x_t", pre=("h, z = carry", "h = h + x_t"),
+               ret="(h, z), h.sum()")
+      kw = []
+      if s.reverse:
+        kw.append("reverse=True")
+      if s.unroll != 1:
+        kw.append(f"unroll={s.unroll}")
+      if s.flavor == "stack":
+        kw.append("param_axes=0")
+      fn = "purify.scan" if s.flavor == "stack" else "jax.lax.scan"
+      L(f"{ind}(h, z), ys = {fn}({', '.join([f, '(h, z)', f'0.1 * jnp.arange({s.length}.)'] + kw)})")
+      L(f"{ind}h = h + jnp.tanh(ys) @ jnp.arange(1., {s.length + 1}.)")
+    elif isinstance(s, Fori):
+      f = f"f{next(fn_ids)}"
+      body_def(f, s.body, ind, args="i, carry", pre=("h, z = carry", "h = h + 0.1 * i"))
+      L(f"{ind}h, z = jax.lax.fori_loop({s.lower}, {s.lower + s.length}, {f}, (h, z))")
+    elif isinstance(s, While):
+      f = f"f{next(fn_ids)}"
+      body_def(f, s.body, ind, args="s", pre=("i, h, z = s", "h = h + 0.1 * i"), ret="i + 1, h, z")
+      L(f"{ind}_, h, z = jax.lax.while_loop(lambda s: s[0] < {s.length}, {f}, (0, h, z))")
+    elif isinstance(s, Cond):
+      fs = []
+      for b in s.branches:
+        f = f"f{next(fn_ids)}"
+        body_def(f, b, ind)
+        fs.append(f)
+      if len(fs) == 2:
+        L(f"{ind}h, z = jax.lax.cond(z % 2 == 0, {fs[0]}, {fs[1]}, h, z)")
+      else:
+        L(f"{ind}h, z = jax.lax.switch(z % {len(fs)}, [{', '.join(fs)}], h, z)")
+    elif isinstance(s, Wrap):
+      if s.kind == "scope":
+        L(f'{ind}with purify.name_scope("{s.scope}"):')
+        if s.body.stmts:
+          emit_block(s.body, ind + "  ")
+        else:
+          L(f"{ind}  pass")
+        return
+      f = f"f{next(fn_ids)}"
+      body_def(f, s.body, ind)
+      if s.kind == "checkpoint":
+        L(f"{ind}h, z = jax.checkpoint({f})(h, z)")
+      elif s.kind == "jit":
+        L(f"{ind}h, z = jax.jit({f})(h, z)")
+      elif s.kind == "grad":
+        L(f"{ind}def {f}_loss(h, z):")
+        L(f"{ind}  h, z = {f}(h, z)")
+        L(f"{ind}  return jnp.sin(h).sum(), z")
+        L(f"{ind}g, z = jax.grad({f}_loss, has_aux=True)(h, z)")
+        L(f"{ind}h = h + g")
+      elif s.kind == "eval_shape":
+        L(f"{ind}out = jax.eval_shape({f}, h, z)")
+        L(f"{ind}h = h + jnp.zeros(out[0].shape)")
+      else:
+        raise ValueError(s.kind)
+    else:
+      raise TypeError(s)
+
+  emit_block(program.body, "  ")
+  lines.append("  return h, z")
+  return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- strategies
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+  """Where a statement is generated (decides which statements are valid there)."""
+  vmaps: tuple = ()           # one bool per enclosing vmap: is it named?
+  in_grad: bool = False
+  cond_under_vmap: bool = False
+  in_eval_shape: bool = False
+
+  @property
+  def all_named(self):
+    return all(self.vmaps)
+
+
+ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint", "jit",
+                  "grad", "eval_shape", "scope")
+
+# Excluded constructs (each with the reason; see docs/testing.md):
+#  * state written inside cond/switch under vmap: vmap turns the cond into a select and
+#    the write is not tracked per branch (documented sharp edge, docs/semantics.md);
+#  * while_loop under jax.grad: JAX cannot reverse-differentiate while_loop;
+#  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
+#    loop semantics;
+#  * state inside eval_shape under vmap.
+
+
+def _leaf(draw, ctx: Ctx, d: int):
+  options = ["param_mul", "op", "draw", "param_matmul", "linear", "counter", "accum"]
+  state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps)
+  accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad))
+  if not state_ok:
+    options.remove("counter")
+  if not accum_ok:
+    options.remove("accum")
+  k = draw(st.sampled_from(options))
+  if k == "param_mul":
+    return Param("mul")
+  if k == "param_matmul":
+    return Param("matmul")
+  if k == "linear":
+    return Param("linear")
+  if k == "op":
+    return Op(draw(st.sampled_from(["tanh", "lcg", "mix", "sin"])))
+  if k == "draw":
+    return Draw(draw(st.sampled_from(["bits", "normal", "bernoulli", "uniform"])))
+  if k == "counter":
+    return Counter()
+  return Accum(axes=("*",) if ctx.vmaps else ())
+
+
+def _block(draw, ctx, depth, d, node_kinds, min_len=1):
+  n = draw(st.integers(min_len, 3))
+  stmts = []
+  for _ in range(n):
+    if depth > 0 and node_kinds and draw(st.integers(0, 2)) > 0:
+      stmts.append(_node(draw, ctx, depth - 1, d, node_kinds))
+    else:
+      stmts.append(_leaf(draw, ctx, d))
+  return Block(tuple(stmts))
+
+
+def _node(draw, ctx, depth, d, node_kinds):
+  allowed = [k for k in node_kinds if not (k == "while" and ctx.in_grad)]
+  k = draw(st.sampled_from(allowed))
+  sub = lambda c: _block(draw, c, depth, d, node_kinds)  # noqa: E731
+  if k == "vmap":
+    size = draw(st.integers(1, 3))
+    flavor = draw(st.sampled_from(["jax", "purify", "shared", "stack"]))
+    named = draw(st.booleans())
+    return Vmap(size, named, flavor, sub(dataclasses.replace(ctx, vmaps=ctx.vmaps + (named,))))
+  if k == "scan":
+    length = draw(st.integers(1, 3))
+    return Scan(length, draw(st.booleans()), draw(st.sampled_from([1, 2])),
+                draw(st.sampled_from(["jax", "stack"])), sub(ctx))
+  if k == "fori":
+    return Fori(draw(st.integers(0, 1)), draw(st.integers(1, 3)), sub(ctx))
+  if k == "while":
+    return While(draw(st.integers(1, 3)), sub(ctx))
+  if k in ("cond", "switch"):
+    n = 2 if k == "cond" else draw(st.integers(1, 3))
+    c = dataclasses.replace(ctx, cond_under_vmap=ctx.cond_under_vmap or bool(ctx.vmaps))
+    return Cond(tuple(sub(c) for _ in range(n)))
+  if k == "grad":
+    return Wrap("grad", sub(dataclasses.replace(ctx, in_grad=True)))
+  if k == "eval_shape":
+    return Wrap("eval_shape", sub(dataclasses.replace(ctx, in_eval_shape=True)))
+  return Wrap(k, sub(ctx))
+
+
+@st.composite
+def programs(draw, max_depth: int = 4, node_kinds=ALL_NODE_KINDS, d: Optional[int] = None):
+  """Valid programs (loop semantics defines their result), finalized.
+
+  ``max_depth`` bounds the nesting of transforms; ``node_kinds`` restricts the
+  transforms used (names from ``ALL_NODE_KINDS``). Example::
+
+      @given(programs(max_depth=2, node_kinds=("vmap", "scan")))
+      def test_something(program): ...
+  """
+  d = d if d is not None else draw(st.integers(2, 3))
+  depth = draw(st.integers(0, max_depth))
+  body = _block(draw, Ctx(), depth, d, tuple(node_kinds))
+  return finalize(Program(d, body))
+
+
+# ----------------------------------------------------------------------------- invalid programs
+@dataclasses.dataclass(frozen=True)
+class Bad:
+  """A statement that makes a program invalid on purpose: "per_example_state" (an
+  unreduced state write inside vmap), "partial_pmean" (reduced over only the inner
+  of two named axes), "param_shape" (a parameter redeclared with another shape),
+  "state_dtype" (a state redeclared with another dtype), "param_axes" (purify.vmap
+  with param_axes=1), "scan_shared_rng" (purify.scan(split_rng=False))."""
+  kind: str
+  name: str = ""
+
+  @property
+  def error(self) -> str:
+    """The purify error class the program must raise."""
+    return {"per_example_state": "PerExampleStateError", "partial_pmean": "PerExampleStateError",
+            "param_shape": "ParamConflictError", "state_dtype": "ParamConflictError",
+            "param_axes": "PurifyError", "scan_shared_rng": "PurifyError"}[self.kind]
+
+
+def bad_source(bad: Bad, d: int, ind: str) -> list:
+  k = bad.kind
+  if k == "per_example_state":
+    return [f'{ind}def bad(h):',
+            f'{ind}  a = purify.get_state("bad", ({d},), init=jnp.zeros)',
+            f'{ind}  purify.set_state("bad", a + h)',
+            f'{ind}  return h',
+            f'{ind}h = jax.vmap(bad)(h[None] * jnp.ones((2, 1))).mean(0)']
+  if k == "partial_pmean":
+    return [f'{ind}def bad(h):',
+            f'{ind}  purify.set_state("bad", jax.lax.pmean(h, "inner"))',
+            f'{ind}  return h',
+            f'{ind}h = jax.vmap(jax.vmap(bad, axis_name="inner"), axis_name="outer")('
+            f'h[None, None] * jnp.ones((2, 2, 1))).mean((0, 1))']
+  if k == "param_shape":
+    return [f'{ind}h = h * purify.param("bad", ({d},), init=jnp.ones)',
+            f'{ind}h = h + purify.param("bad", ({d}, 1), init=jnp.ones).sum()']
+  if k == "state_dtype":
+    return [f'{ind}s = purify.get_state("bad", (), jnp.float32, init=jnp.zeros)',
+            f'{ind}z = z + purify.get_state("bad", (), jnp.uint32, init=jnp.zeros)']
+  if k == "param_axes":
+    return [f'{ind}h = purify.vmap(lambda h: h, param_axes=1)(h[None]).mean(0)']
+  if k == "scan_shared_rng":
+    return [f'{ind}h = purify.scan(lambda c, _: (c, None), h, None, length=2, split_rng=False)[0]']
+  raise ValueError(k)
+
+
+BAD_KINDS = ("per_example_state", "partial_pmean", "param_shape", "state_dtype", "param_axes",
+             "scan_shared_rng")
+
+
+@st.composite
+def invalid_programs(draw, max_depth: int = 3):
+  """(source, Bad): a valid program with one invalid statement planted at a random
+  position (possibly deep inside loops, conds, jit, checkpoint...)."""
+  program = draw(programs(max_depth=max_depth,
+                          node_kinds=("scan", "fori", "while", "cond", "checkpoint", "jit", "scope")))
+  bad = Bad(draw(st.sampled_from(BAD_KINDS)))
+  src = to_source(program).rstrip("\n").split("\n")
+  # plant before a "return" of any body (the top level's or a nested def's)
+  spots = [i for i, line in enumerate(src) if line.strip().startswith("return")]
+  i = draw(st.sampled_from(spots))
+  ind = src[i][:len(src[i]) - len(src[i].lstrip())]
+  new = src[:i] + bad_source(bad, program.d, ind) + src[i:]
+  return "\n".join(new) + "\n", bad

@@ -1,0 +1,237 @@
+"""purify.nn.Embed, purify.nn.dropout, purify.nn.MultiHeadAttention against dm-haiku
+run in the same test: the same parameter tree (paths, names, shapes, dtypes) as
+``hk.transform(...).init``, and the same outputs when applied to Haiku's params.
+Dropout: per-example / per-step masks (loop semantics), determinism, rate, and
+bitwise parity with ``hk.dropout`` given the same key."""
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purify
+
+ROOT = jax.random.PRNGKey(0)
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  """Compiles dominate: XLA's optimizations off for this module (no RNG bit changes),
+  restored afterwards."""
+  prev = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", prev)
+
+
+def signature(params):
+  return {m: {n: (tuple(v.shape), jnp.dtype(v.dtype)) for n, v in sub.items()}
+          for m, sub in params.items()}
+
+
+def plain(params):
+  return {m: dict(sub) for m, sub in params.items()}
+
+
+def parity(hk_fn, pf_fn, *args):
+  """Init both; assert equal param trees; apply purify with Haiku's params; return
+  (haiku_out, purify_out)."""
+  th, tp = hk.transform(hk_fn), purify.transform(pf_fn)
+  ph = plain(jax.jit(th.init)(ROOT, *args))
+  pp = tp.init(ROOT, *args)
+  assert signature(pp) == signature(ph)
+  return th.apply(ph, None, *args), tp.apply(ph, None, *args)
+
+
+# ============================================================================ Embed
+@pytest.mark.parametrize("style", ["ARRAY_INDEX", "ONE_HOT"])
+@pytest.mark.parametrize("ids_shape", [(5,), (2, 3)])
+def test_embed_matches_haiku(style, ids_shape):
+  ids = jnp.arange(np.prod(ids_shape)).reshape(ids_shape) % 7
+  out_h, out_p = parity(lambda i: hk.Embed(7, 4, lookup_style=style)(i),
+                        lambda i: purify.nn.Embed(7, 4, lookup_style=style)(i), ids)
+  assert out_p.shape == ids_shape + (4,)
+  np.testing.assert_allclose(out_p, out_h, **TOL)
+
+
+def test_embed_from_matrix_and_style_override():
+  matrix = np.arange(12, dtype=np.float32).reshape(6, 2)
+  ids = jnp.array([[0, 5], [3, 3]])
+  out_h, out_p = parity(
+      lambda i: hk.Embed(embedding_matrix=matrix, name="tok")(i, lookup_style="ONE_HOT"),
+      lambda i: purify.nn.Embed(embedding_matrix=matrix, name="tok")(i, lookup_style="ONE_HOT"),
+      ids)
+  np.testing.assert_allclose(out_p, out_h, **TOL)
+  np.testing.assert_array_equal(out_p, matrix[np.asarray(ids)])
+  params = purify.transform(lambda i: purify.nn.Embed(embedding_matrix=matrix)(i)).init(ROOT, ids)
+  np.testing.assert_array_equal(params["embed"]["embeddings"], matrix)
+
+
+def test_embed_errors():
+  with pytest.raises(ValueError, match="integer"):
+    purify.transform(lambda x: purify.nn.Embed(3, 2)(x)).init(ROOT, jnp.ones(2))
+  with pytest.raises(ValueError, match="embedding_matrix"):
+    purify.transform(lambda x: purify.nn.Embed(3)(x)).init(ROOT, jnp.zeros(2, int))
+  with pytest.raises(ValueError, match="vocab_size"):
+    purify.transform(lambda x: purify.nn.Embed(4, embedding_matrix=np.ones((3, 2)))(x)).init(
+        ROOT, jnp.zeros(2, int))
+
+
+def test_embed_under_vmap_shares_the_table():
+  ids = jnp.array([[1, 2], [2, 0], [1, 1]])
+  t = purify.transform(lambda i: jax.vmap(purify.nn.Embed(5, 3))(i))
+  params = t.init(ROOT, ids)
+  assert signature(params) == {"embed": {"embeddings": ((5, 3), jnp.dtype(jnp.float32))}}
+  np.testing.assert_array_equal(t.apply(params, None, ids), params["embed"]["embeddings"][ids])
+
+
+# ============================================================================ dropout
+@pytest.mark.parametrize("rate,broadcast_dims", [(0.3, ()), (0.5, (0,)), (0.8, (1,))])
+def test_dropout_with_explicit_rng_equals_haiku(rate, broadcast_dims):
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  key = jax.random.PRNGKey(7)
+  want = hk.dropout(key, rate, x, broadcast_dims=broadcast_dims)
+  got = purify.nn.dropout(rate, x, broadcast_dims=broadcast_dims, rng=key)
+  np.testing.assert_array_equal(got, want)
+  # ... and inside a model, with the model's key handed in explicitly
+  t = purify.transform(
+      lambda x, k: purify.nn.dropout(rate, x, broadcast_dims=broadcast_dims, rng=k))
+  np.testing.assert_array_equal(t.apply({}, None, x, key), want)
+
+
+def test_dropout_masks_differ_per_example_under_vmap():
+  x = jnp.ones((6, 32))
+  t = purify.transform(lambda x: jax.vmap(lambda xi: purify.nn.dropout(0.5, xi))(x))
+  out = np.asarray(t.apply({}, ROOT, x))
+  assert set(np.unique(out)) <= {0.0, 2.0}
+  assert len({row.tobytes() for row in out}) == 6          # six different masks
+
+
+def test_dropout_masks_differ_per_step_under_scan_and_keys_decide():
+  def f(x):                                                # x: (5, 32)
+    return jax.lax.scan(lambda c, xi: (c, purify.nn.dropout(0.5, xi)), 0.0, x)[1]
+  t = purify.transform(f)
+  x = jnp.ones((5, 32))
+  out = np.asarray(t.apply({}, ROOT, x))
+  assert len({row.tobytes() for row in out}) == 5          # a new mask every step
+  np.testing.assert_array_equal(t.apply({}, ROOT, x), out)  # same key, same masks
+  np.testing.assert_array_equal(jax.jit(t.apply)({}, ROOT, x), out)
+  assert not np.array_equal(t.apply({}, jax.random.PRNGKey(1), x), out)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.7])
+def test_dropout_keeps_about_one_minus_rate_and_rescales(rate):
+  x = jnp.ones((4000,))
+  out = np.asarray(purify.transform(lambda x: purify.nn.dropout(rate, x)).apply({}, ROOT, x))
+  kept = out != 0
+  assert abs(kept.mean() - (1 - rate)) < 0.03
+  np.testing.assert_allclose(out[kept], 1 / (1 - rate), rtol=1e-6)
+  np.testing.assert_allclose(out.mean(), 1.0, atol=0.1)      # unbiased
+
+
+def test_dropout_broadcast_dims_share_the_mask():
+  x = jnp.ones((3, 40))
+  out = np.asarray(purify.transform(
+      lambda x: purify.nn.dropout(0.5, x, broadcast_dims=(0,))).apply({}, ROOT, x))
+  np.testing.assert_array_equal(out, np.broadcast_to(out[:1], out.shape))
+  assert 0 < (out[0] != 0).sum() < 40
+
+
+def test_dropout_rate_zero_is_identity_and_draws_no_key():
+  x = jnp.arange(6.0)
+  # apply with rng=None only works when nothing draws a key
+  np.testing.assert_array_equal(
+      purify.transform(lambda x: purify.nn.dropout(0.0, x)).apply({}, None, x), x)
+  with pytest.raises(ValueError, match="rate"):
+    purify.nn.dropout(1.0, x, rng=ROOT)
+
+
+# ============================================================================ attention
+def vs_init(lib):
+  return (hk.initializers.VarianceScaling(1.0) if lib is hk
+          else jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
+
+
+def causal(t):
+  return jnp.tril(jnp.ones((t, t), bool))
+
+
+CASES = {
+    # name: (constructor kwargs, query shape, key/value shape, mask shape or None)
+    "self_batched": (dict(num_heads=2, key_size=3), (2, 4, 5), (2, 4, 5), "causal"),
+    "cross_sizes": (dict(num_heads=3, key_size=2, value_size=4, model_size=7, with_bias=False),
+                    (2, 3, 5), (2, 6, 4), None),
+    "unbatched_head_mask": (dict(num_heads=2, key_size=4, name="attn"), (3, 6), (5, 6),
+                            "per_head"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_multi_head_attention_matches_haiku(case):
+  kwargs, qshape, kvshape, mask_kind = CASES[case]
+  q = jax.random.normal(jax.random.PRNGKey(1), qshape)
+  kv = jax.random.normal(jax.random.PRNGKey(2), kvshape)
+  if mask_kind == "causal":                                 # [1, 1, T', T], broadcast
+    mask = causal(qshape[-2])[None, None]
+  elif mask_kind == "per_head":                              # [H, T', T]
+    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6,
+                                (kwargs["num_heads"], qshape[-2], kvshape[-2]))
+    mask = mask.at[..., 0].set(True)
+  else:
+    mask = None
+
+  def model(lib, mha_cls):
+    def f(q, kv):
+      return mha_cls(w_init=vs_init(lib), **kwargs)(q, kv, kv, mask=mask)
+    return f
+
+  out_h, out_p = parity(model(hk, hk.MultiHeadAttention),
+                        model(purify, purify.nn.MultiHeadAttention), q, kv)
+  model_size = kwargs.get("model_size") or kwargs["num_heads"] * kwargs["key_size"]
+  assert out_p.shape == qshape[:-1] + (model_size,)
+  np.testing.assert_allclose(out_p, out_h, **TOL)
+
+
+def test_multi_head_attention_param_names():
+  x = jnp.ones((1, 2, 4))
+  with pytest.warns(DeprecationWarning, match="w_init_scale"):   # Haiku's deprecated form
+    params = purify.transform(lambda x: purify.nn.MultiHeadAttention(
+        2, 3, w_init_scale=1.0, value_size=5, model_size=6)(x, x, x)).init(ROOT, x)
+  assert {m: {n: v.shape for n, v in s.items()} for m, s in params.items()} == {
+      "multi_head_attention/query": {"w": (4, 6), "b": (6,)},
+      "multi_head_attention/key": {"w": (4, 6), "b": (6,)},
+      "multi_head_attention/value": {"w": (4, 10), "b": (10,)},
+      "multi_head_attention/linear": {"w": (10, 6), "b": (6,)}}
+
+
+def test_causal_mask_makes_outputs_ignore_the_future():
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+  t = purify.transform(lambda x: purify.nn.MultiHeadAttention(
+      2, 2, w_init=vs_init(purify))(x, x, x, mask=causal(5)[None]))
+  params = t.init(ROOT, x)
+  out = t.apply(params, None, x)
+  changed = t.apply(params, None, x.at[3:].set(100.0))       # change only the future
+  np.testing.assert_allclose(changed[:3], out[:3], **TOL)
+  assert not np.allclose(changed[3:], out[3:])
+
+
+def test_multi_head_attention_under_vmap_equals_batched_call():
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 6))
+  def make():
+    return purify.nn.MultiHeadAttention(2, 3, w_init=vs_init(purify), name="mha")
+  batched = purify.transform(lambda x: make()(x, x, x))
+  vmapped = purify.transform(lambda x: jax.vmap(lambda xi: make()(xi, xi, xi))(x))
+  params = batched.init(ROOT, x)
+  assert signature(vmapped.init(ROOT, x)) == signature(params)
+  np.testing.assert_allclose(vmapped.apply(params, None, x), batched.apply(params, None, x),
+                             **TOL)
+
+
+def test_multi_head_attention_argument_errors():
+  x = jnp.ones((2, 4))
+  with pytest.raises(ValueError, match="w_init"):
+    purify.transform(lambda x: purify.nn.MultiHeadAttention(2, 2)(x, x, x)).init(ROOT, x)
+  with pytest.raises(ValueError, match="mask"):
+    purify.transform(lambda x: purify.nn.MultiHeadAttention(
+        2, 2, w_init=vs_init(purify))(x, x, x, mask=causal(2))).init(ROOT, x)
