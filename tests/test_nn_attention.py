@@ -1,6 +1,7 @@
 """purify.nn.Embed, purify.nn.dropout, purify.nn.MultiHeadAttention against dm-haiku
 run in the same test: the same parameter tree (paths, names, shapes, dtypes) as
-``hk.transform(...).init``, and the same outputs when applied to Haiku's params.
+``hk.transform(...).init``, and the same outputs as Haiku's apply given the same
+params (random values of Haiku's tree, so biases are exercised too).
 Dropout: per-example / per-step masks (loop semantics), determinism, rate, and
 bitwise parity with ``hk.dropout`` given the same key."""
 import haiku as hk
@@ -30,18 +31,22 @@ def signature(params):
           for m, sub in params.items()}
 
 
-def plain(params):
-  return {m: dict(sub) for m, sub in params.items()}
+def random_like(shapes, seed=0):
+  """Random values (biases too, unlike a fresh init) for a tree of ShapeDtypeStructs."""
+  rs = np.random.RandomState(seed)
+  return {m: {n: jnp.asarray(rs.normal(size=v.shape), v.dtype) for n, v in sub.items()}
+          for m, sub in shapes.items()}
 
 
 def parity(hk_fn, pf_fn, *args):
-  """Init both; assert equal param trees; apply purify with Haiku's params; return
-  (haiku_out, purify_out)."""
+  """Assert that ``hk.transform(hk_fn).init`` and ``purify.transform(pf_fn).init`` give
+  the same param tree (abstractly: compiling initializers is what costs); apply both
+  to the same random params of that tree; return (haiku_out, purify_out)."""
   th, tp = hk.transform(hk_fn), purify.transform(pf_fn)
-  ph = plain(jax.jit(th.init)(ROOT, *args))
-  pp = tp.init(ROOT, *args)
-  assert signature(pp) == signature(ph)
-  return th.apply(ph, None, *args), tp.apply(ph, None, *args)
+  shapes = jax.eval_shape(th.init, ROOT, *args)
+  assert signature(jax.eval_shape(tp.init, ROOT, *args)) == signature(shapes)
+  params = random_like(shapes)
+  return jax.jit(th.apply)(params, None, *args), tp.apply(params, None, *args)
 
 
 # ============================================================================ Embed
@@ -63,9 +68,10 @@ def test_embed_from_matrix_and_style_override():
       lambda i: purify.nn.Embed(embedding_matrix=matrix, name="tok")(i, lookup_style="ONE_HOT"),
       ids)
   np.testing.assert_allclose(out_p, out_h, **TOL)
-  np.testing.assert_array_equal(out_p, matrix[np.asarray(ids)])
-  params = purify.transform(lambda i: purify.nn.Embed(embedding_matrix=matrix)(i)).init(ROOT, ids)
+  t = purify.transform(lambda i: purify.nn.Embed(embedding_matrix=matrix)(i))
+  params = t.init(ROOT, ids)                                 # the matrix is the initial value
   np.testing.assert_array_equal(params["embed"]["embeddings"], matrix)
+  np.testing.assert_array_equal(t.apply(params, None, ids), matrix[np.asarray(ids)])
 
 
 def test_embed_errors():
@@ -196,8 +202,8 @@ def test_multi_head_attention_matches_haiku(case):
 def test_multi_head_attention_param_names():
   x = jnp.ones((1, 2, 4))
   with pytest.warns(DeprecationWarning, match="w_init_scale"):   # Haiku's deprecated form
-    params = purify.transform(lambda x: purify.nn.MultiHeadAttention(
-        2, 3, w_init_scale=1.0, value_size=5, model_size=6)(x, x, x)).init(ROOT, x)
+    params = jax.eval_shape(purify.transform(lambda x: purify.nn.MultiHeadAttention(
+        2, 3, w_init_scale=1.0, value_size=5, model_size=6)(x, x, x)).init, ROOT, x)
   assert {m: {n: v.shape for n, v in s.items()} for m, s in params.items()} == {
       "multi_head_attention/query": {"w": (4, 6), "b": (6,)},
       "multi_head_attention/key": {"w": (4, 6), "b": (6,)},
@@ -209,7 +215,7 @@ def test_causal_mask_makes_outputs_ignore_the_future():
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
   t = purify.transform(lambda x: purify.nn.MultiHeadAttention(
       2, 2, w_init=vs_init(purify))(x, x, x, mask=causal(5)[None]))
-  params = t.init(ROOT, x)
+  params = t.init(ROOT, x)                                   # a real init, for once
   out = t.apply(params, None, x)
   changed = t.apply(params, None, x.at[3:].set(100.0))       # change only the future
   np.testing.assert_allclose(changed[:3], out[:3], **TOL)
@@ -222,8 +228,9 @@ def test_multi_head_attention_under_vmap_equals_batched_call():
     return purify.nn.MultiHeadAttention(2, 3, w_init=vs_init(purify), name="mha")
   batched = purify.transform(lambda x: make()(x, x, x))
   vmapped = purify.transform(lambda x: jax.vmap(lambda xi: make()(xi, xi, xi))(x))
-  params = batched.init(ROOT, x)
-  assert signature(vmapped.init(ROOT, x)) == signature(params)
+  shapes = jax.eval_shape(batched.init, ROOT, x)
+  assert signature(jax.eval_shape(vmapped.init, ROOT, x)) == signature(shapes)
+  params = random_like(shapes)
   np.testing.assert_allclose(vmapped.apply(params, None, x), batched.apply(params, None, x),
                              **TOL)
 
