@@ -3,8 +3,10 @@
 ``purify.vmap`` / ``purify.scan`` have JAX's signatures plus keywords for what loop
 semantics does not pick:
 
-  * ``split_rng`` (default True): a new key per example / per step. ``False``
-    (vmap): one key shared by the whole batch.
+  * ``split_rng`` (default True): a new key per example / per step. ``False``:
+    one key shared by the whole batch (vmap) / by every step (scan; e.g. the same
+    dropout mask at every time step, "variational" dropout). Loops nested inside
+    still split per their own semantics.
   * ``param_axes`` (default None: shared): ``0`` gives every example its own
     parameters (an ensemble; members get distinct initial values whatever
     ``split_rng`` says) or every scan step its own (layer stacking). The stored
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from purify import _context
+from purify import effects
 from purify import errors
 
 _axis_ids = itertools.count()
@@ -64,8 +67,6 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
       return jax.vmap(fun, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                       axis_size=axis_size, spmd_axis_name=spmd_axis_name)(*args, **kwargs)
     name = axis_name if axis_name is not None else f"_purify_vmap_{next(_axis_ids)}"
-    if not split_rng:
-      frame.shared_rng_axes.add(name)
     n = _mapped_size(args, in_axes, axis_size) if param_axes == 0 else None
 
     def inner(idx, *a, **kw):
@@ -79,8 +80,15 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
 
     axes = (0,) + (tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args))
     idx = jnp.arange(n if n is not None else _mapped_size(args, in_axes, axis_size))  # size check by vmap
-    return jax.vmap(inner, in_axes=axes, out_axes=out_axes, axis_name=name,
-                    axis_size=axis_size, spmd_axis_name=spmd_axis_name)(idx, *args, **kwargs)
+    shared_before = name in frame.shared_rng_axes
+    if not split_rng:
+      frame.shared_rng_axes.add(name)
+    try:
+      return jax.vmap(inner, in_axes=axes, out_axes=out_axes, axis_name=name,
+                      axis_size=axis_size, spmd_axis_name=spmd_axis_name)(idx, *args, **kwargs)
+    finally:
+      if not split_rng and not shared_before:
+        frame.shared_rng_axes.discard(name)
 
   return wrapped
 
@@ -97,16 +105,19 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
         layer = lambda h, _: (jnp.tanh(purify.nn.Linear(3)(h)), None)
         return purify.scan(layer, x, None, length=4, param_axes=0)[0]
   """
-  if not split_rng:
-    raise errors.PurifyError(
-        "purify.scan(split_rng=False) is not implemented yet (tracked in the drop-in "
-        "transforms issue). Draw the key once before the scan and pass it in: "
-        "k = purify.next_rng_key(); jax.lax.scan(lambda c, x: body(c, x, k), ...).")
   if param_axes not in (None, 0):
     raise errors.PurifyError(f"purify.scan(param_axes={param_axes!r}): only None and 0 are supported.")
   frame = _context.maybe_frame()
-  if param_axes is None or frame is None:
+  if frame is None or (param_axes is None and split_rng):
     return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
+  if not split_rng:
+    user_f = f
+
+    def f(c, x):  # noqa: F811  (the marker must be the body's first equation)
+      effects.mark_unsplit_loop()
+      return user_f(c, x)
+    if param_axes is None:
+      return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
   if length is None:
     leaves = jax.tree_util.tree_leaves(xs)
     if not leaves:

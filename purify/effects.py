@@ -156,8 +156,22 @@ _compat.register_pp_rule(param_p, lambda e: f'param "{e.params["module"]}/{e.par
 _compat.register_pp_rule(get_state_p, lambda e: f'get_state "{e.params["module"]}/{e.params["name"]}"')
 _compat.register_pp_rule(set_state_p, lambda e: f'set_state "{e.params["module"]}/{e.params["name"]}"')
 _compat.register_pp_rule(
-    rng_p, lambda e: f'next_rng_key "{e.params["site"]}"' +
+    rng_p, lambda e: ("rng_policy split_rng=False" if e.params["site"] == UNSPLIT_SITE else
+                      f'next_rng_key "{e.params["site"]}"') +
     (f" batch={tuple(e.params['batch'])}" if e.params["batch"] else ""))
+
+# A loop body that starts with a draw of this site does not fold its iteration index
+# into the keys drawn in it (``purify.scan(split_rng=False)``): one key for every step.
+# It is an ordinary draw to every JAX transform (kept in the loop under grad, batched
+# under vmap), so it stays at the top of its loop body; the RNG pass removes it.
+UNSPLIT_SITE = "<split_rng=False>"
+
+
+def mark_unsplit_loop() -> None:
+  """Called first in a loop body: keys drawn in this body are the same every step."""
+  frame = _context.current_frame("purify.scan(split_rng=False)")
+  ka = frame.key_aval
+  rng_p.bind(site=UNSPLIT_SITE, batch=(), key_shape=tuple(ka.shape), key_dtype=ka.dtype)
 
 
 # ----------------------------------------------------------------------------- user API

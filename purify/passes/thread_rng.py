@@ -57,7 +57,7 @@ class _Rng(_thread.ThreadingPass):
 
   def first_read(self, rw, ch):
     outer = rw.new_input(ch)
-    if not rw.loop_body:
+    if not rw.loop_body or getattr(rw, "unsplit", False):
       return outer
     if rw.index is None:
       rw.index = _compat.Var(_compat.ShapedArray((), np.dtype(np.int32)))
@@ -71,6 +71,11 @@ class _Rng(_thread.ThreadingPass):
 
 def _rng_leaf(pass_, rw, eqn):
   p = eqn.params
+  if p["site"] == fx.UNSPLIT_SITE:      # purify.scan(split_rng=False): no index folding here
+    if _thread.RNG in rw.cur:
+      raise AssertionError("purify internal: split_rng=False marker after a draw")
+    rw.unsplit = True
+    return
   hi, lo = keys.name_hash("rng:" + p["site"])
   base = rw.read(_thread.RNG)
   helper = _thread.helper_jaxpr(functools.partial(_derive, tuple(p["batch"])),
