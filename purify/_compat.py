@@ -218,3 +218,20 @@ def vma_of(x) -> frozenset:
   if mat is not None:
     return frozenset(getattr(mat, "varying", ()) or ())
   return frozenset(getattr(aval, "vma", ()) or ())
+
+
+def while_predicate_batched(axis_data, dims, params) -> bool:
+  """Whether vmap makes a while_loop's predicate per-example: the carry fixpoint of
+  JAX's while batching rule (loops.py, ``_while_loop_batching_rule``), redone."""
+  cn, bn = params["cond_nconsts"], params["body_nconsts"]
+  bat = [d is not None for d in dims]
+  cconst, bconst, carry = bat[:cn], bat[cn:cn + bn], bat[cn + bn:]
+  for _ in range(1 + len(carry)):
+    _, out = _batching.batch_jaxpr(params["body_jaxpr"], axis_data, bconst + carry,
+                                   instantiate=carry)
+    if list(out) == list(carry):
+      break
+    carry = [a or b for a, b in zip(carry, out)]
+  _, (pred,) = _batching.batch_jaxpr(params["cond_jaxpr"], axis_data, cconst + carry,
+                                     instantiate=False)
+  return bool(pred)

@@ -138,6 +138,58 @@ def _set_batch(axis_data, vals, dims, *, module, name):
   return set_state_p.bind(value, module=module, name=name), []
 
 
+def _written_states(jaxpr, out=None):
+  """Paths of the states ``set_state`` writes anywhere in ``jaxpr`` (recursively)."""
+  out = [] if out is None else out
+  for eqn in _compat.open_of(jaxpr).eqns:
+    if eqn.primitive is set_state_p:
+      path = f"{eqn.params['module']}/{eqn.params['name']}"
+      if path not in out:
+        out.append(path)
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        if _compat.is_jaxpr(sub) and has_effect(_compat.open_of(sub).effects, (StateEffect,)):
+          _written_states(sub, out)
+  return out
+
+
+def _refuse_batched_predicate(kind, axis_data, jaxprs):
+  paths = []
+  for j in jaxprs:
+    if has_effect(_compat.open_of(j).effects, (StateEffect,)):
+      _written_states(j, paths)
+  if paths:
+    raise errors.PerExampleStateError(errors.PER_EXAMPLE_BRANCH_STATE.format(
+        kind=kind, paths=", ".join(repr(p) for p in paths), axis=_axis_str(axis_data)))
+
+
+def _wrap_control_flow_batching():
+  """vmap of cond/while with a per-example predicate runs both branches (or extra
+  iterations) for every example and selects the results: a ``set_state`` inside
+  would then write for every example whatever its predicate. Refuse it (the case
+  where the written value itself is per-example is caught by ``_set_batch``)."""
+  cond_rule = _compat.fancy_primitive_batchers[_compat.cond_p]
+  while_rule = _compat.fancy_primitive_batchers[_compat.while_p]
+
+  def cond_batch(axis_data, args, dims, **params):
+    if dims[0] is not _compat.not_mapped and dims[0] is not None:
+      _refuse_batched_predicate("jax.lax.cond/switch", axis_data, params["branches"])
+    return cond_rule(axis_data, args, dims, **params)
+
+  def while_batch(axis_data, args, dims, **params):
+    if (_written_states(params["body_jaxpr"]) and
+        _compat.while_predicate_batched(axis_data, dims, params)):
+      _refuse_batched_predicate("jax.lax.while_loop", axis_data, [params["body_jaxpr"]])
+    return while_rule(axis_data, args, dims, **params)
+
+  cond_batch.__wrapped__, while_batch.__wrapped__ = cond_rule, while_rule
+  _compat.fancy_primitive_batchers[_compat.cond_p] = cond_batch
+  _compat.fancy_primitive_batchers[_compat.while_p] = while_batch
+
+
+_wrap_control_flow_batching()
+
+
 _compat.fancy_primitive_batchers[rng_p] = _rng_batch
 _compat.fancy_primitive_batchers[set_state_p] = _set_batch
 _compat.stage_unknown_rule(rng_p)

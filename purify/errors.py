@@ -197,3 +197,13 @@ purify.set_state inside jax.shard_map(..., check_vma=False) (states: {states}): 
 check_vma purify cannot tell a per-shard value from a replicated one.
 Fix: use check_vma=True (the default) and reduce per-shard values with
 jax.lax.pmean(value, axis_name) before set_state."""
+
+PER_EXAMPLE_BRANCH_STATE = """\
+set_state({paths}) inside a {kind} whose predicate differs per example under jax.vmap
+(axis {axis}). JAX then runs the branches (or loop iterations) of every example and
+selects the results, so the state write would happen for every example whatever its
+predicate: per-example state, which one shared state cannot hold.
+Fix: make the predicate the same for the whole batch (e.g. reduce it over a named vmap
+axis: jax.lax.pmax(pred, "batch")), or compute the per-example values without
+set_state and write a batch reduction (jax.lax.pmean(value, "batch")) outside the
+branch."""

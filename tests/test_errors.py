@@ -416,3 +416,39 @@ def test_state_first_created_inside_a_loop():
   msg = str(ei.value)
   assert "'~/acc'" in msg and "first created by set_state" in msg
   assert "purify.get_state('acc'" in msg
+
+
+def test_state_write_under_a_per_example_cond_predicate_is_refused_even_if_the_value_is_shared():
+  def one(x):
+    jax.lax.cond(x.sum() > 0, lambda: purify.set_state("seen", 1.0),
+                 lambda: purify.set_state("seen", 2.0))
+    return x
+  with pytest.raises(errors.PerExampleStateError) as ei:
+    purify.transform_with_state(lambda x: jax.vmap(one, axis_name="b")(x)).init(ROOT, jnp.ones((2, 3)))
+  msg = str(ei.value)
+  assert "set_state('~/seen')" in msg and "cond/switch" in msg and "'b' of size 2" in msg
+  assert "pmax(pred" in msg                               # the fix
+
+
+def test_state_write_in_a_while_with_a_per_example_predicate_is_refused():
+  def one(n):
+    def body(c):
+      purify.set_state("steps", purify.get_state("steps", (), jnp.int32) + 1)
+      return c + 1
+    return jax.lax.while_loop(lambda c: c < n, body, 0)
+  with pytest.raises(errors.PerExampleStateError, match=r"(?s)'~/steps'.*while_loop.*of size 3"):
+    purify.transform_with_state(lambda n: jax.vmap(one)(n)).init(ROOT, jnp.arange(3))
+
+
+def test_state_write_under_a_batch_wide_predicate_still_works():
+  def one(x):
+    pred = jax.lax.pmax(x.sum(), "b") > 0                   # the same for every example
+    purify.get_state("seen", (), init=jnp.zeros)
+    jax.lax.cond(pred, lambda: purify.set_state("seen", 1.0), lambda: purify.set_state("seen", 2.0))
+    return x
+  t = purify.transform_with_state(lambda x: jax.vmap(one, axis_name="b")(x))
+  params, state = t.init(ROOT, jnp.ones((2, 3)))
+  _, new = t.apply(params, state, None, -jnp.ones((2, 3)))
+  assert new["~"]["seen"] == 2.0
+  _, new = t.apply(params, state, None, jnp.ones((2, 3)))
+  assert new["~"]["seen"] == 1.0
