@@ -156,7 +156,7 @@ def test_dropout_rate_zero_is_identity_and_draws_no_key():
 # ============================================================================ attention
 def vs_init(lib):
   return (hk.initializers.VarianceScaling(1.0) if lib is hk
-          else jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
+          else purify.nn.variance_scaling(1.0))
 
 
 def causal(t):
@@ -242,3 +242,13 @@ def test_multi_head_attention_argument_errors():
   with pytest.raises(ValueError, match="mask"):
     purify.transform(lambda x: purify.nn.MultiHeadAttention(
         2, 2, w_init=vs_init(purify))(x, x, x, mask=causal(2))).init(ROOT, x)
+
+
+def test_embeddings_property_belongs_to_the_module():
+  def f(ids):
+    embed = purify.nn.Embed(4, 2, name="tok")
+    return embed(ids) @ embed.embeddings.T          # read outside __call__ too
+  ids = jnp.array([0, 3])
+  assert signature(jax.eval_shape(purify.transform(f).init, ROOT, ids)) == signature(
+      jax.eval_shape(hk.transform(lambda i: (lambda e: e(i) @ e.embeddings.T)(
+          hk.Embed(4, 2, name="tok"))).init, ROOT, ids))

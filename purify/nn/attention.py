@@ -8,43 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import purify
+from purify.nn.conv import variance_scaling
 from purify.nn.linear import Linear
-
-
-def _fans(shape):
-  if len(shape) < 1:
-    return 1, 1
-  if len(shape) == 1:
-    return shape[0], shape[0]
-  if len(shape) == 2:
-    return shape[0], shape[1]
-  field = int(np.prod(shape[:-2]))
-  return shape[-2] * field, shape[-1] * field
-
-
-def _variance_scaling(scale=1.0, mode="fan_in", distribution="truncated_normal"):
-  """Haiku's ``VarianceScaling`` as a ``(key, shape, dtype)`` initializer (private:
-  ``purify.nn.variance_scaling`` is the public one where it exists)."""
-  if scale < 0.0:
-    raise ValueError("variance_scaling: `scale` must be non-negative.")
-
-  def init(key, shape, dtype):
-    fan_in, fan_out = _fans(shape)
-    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[mode]
-    variance = scale / max(1.0, fan)
-    if distribution == "truncated_normal":
-      std = np.sqrt(variance) / np.asarray(0.87962566103423978, dtype)
-      return (jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std).astype(dtype)
-    if distribution == "normal":
-      return (jax.random.normal(key, shape, dtype) * np.sqrt(variance)).astype(dtype)
-    limit = np.sqrt(3.0 * variance)
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
-  return init
-
-
-def _default_w_init(scale):
-  public = getattr(purify.nn, "variance_scaling", None)
-  return (public or _variance_scaling)(scale)
 
 
 class MultiHeadAttention(purify.Module):
@@ -60,7 +25,7 @@ class MultiHeadAttention(purify.Module):
   Example::
 
       def f(x):                                     # x: (batch, T, 16)
-        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        init = purify.nn.variance_scaling(1.0)
         mha = purify.nn.MultiHeadAttention(num_heads=2, key_size=8, w_init=init)
         causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))[None, None]
         return mha(x, x, x, mask=causal)            # (batch, T, 16)
@@ -83,8 +48,8 @@ class MultiHeadAttention(purify.Module):
       raise ValueError("MultiHeadAttention: give only `w_init`, not `w_init_scale`.")
     if w_init is None and w_init_scale is None:
       raise ValueError("MultiHeadAttention: please provide a weight initializer `w_init` "
-                       "(e.g. jax.nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')).")
-    self.w_init = w_init if w_init is not None else _default_w_init(w_init_scale)
+                       "(e.g. purify.nn.variance_scaling(1.0)).")
+    self.w_init = w_init if w_init is not None else variance_scaling(w_init_scale)
     self.with_bias = with_bias
     self.b_init = b_init
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import purify
-from purify.nn.attention import _default_w_init
+from purify.nn.conv import variance_scaling
 from purify.nn.linear import Linear
 
 
@@ -135,8 +135,8 @@ class GRU(RNNCore):
                name: str | None = None):
     super().__init__(name=name)
     self.hidden_size = hidden_size
-    self.w_i_init = w_i_init or _default_w_init(1.0)
-    self.w_h_init = w_h_init or _default_w_init(1.0)
+    self.w_i_init = w_i_init or variance_scaling()
+    self.w_h_init = w_h_init or variance_scaling()
     self.b_init = b_init or jax.nn.initializers.zeros
 
   def __call__(self, inputs, state):
