@@ -135,6 +135,15 @@ def test_layer_norm_fast_variance_is_the_moment_formula():
                                (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,kw", [
+    ((2, 3, 3, 4), dict(create_scale=True, create_offset=True)),
+    ((2, 4, 3), dict(create_scale=True, create_offset=False, data_format="channels_first")),
+])
+def test_instance_norm_matches_haiku(shape, kw):
+  x = normal(0, shape) * 2 + 1
+  check_stateless(lambda nn, x: nn.InstanceNorm(**kw)(x), x)
+
+
 # ----------------------------------------------------------------------------- RMSNorm
 @pytest.mark.parametrize("shape,kw", [
     ((2, 5), dict(axis=-1)),

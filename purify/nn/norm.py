@@ -1,5 +1,5 @@
 """Normalization layers with Haiku's arguments, parameter names, state names and shapes:
-LayerNorm, RMSNorm, GroupNorm, BatchNorm.
+LayerNorm, InstanceNorm, RMSNorm, GroupNorm, BatchNorm.
 
 Initializers follow purify's convention: a parameter initializer is
 ``init(key, shape, dtype)`` (``jax.nn.initializers``), not Haiku's ``init(shape, dtype)``.
@@ -140,6 +140,26 @@ class LayerNorm(purify.Module):
     return scale * jax.lax.rsqrt(variance + eps) * (inputs - mean) + offset
 
 
+class InstanceNorm(LayerNorm):
+  """Normalizes over the spatial axes (all but batch and channel) of each example, with
+  per-channel ``scale``/``offset`` (Haiku's InstanceNorm: a LayerNorm).
+
+  Example::
+
+      def f(x):                                  # x: (batch, 4, 4, 8), NHWC
+        return purify.nn.InstanceNorm(True, True)(x)  # params["instance_norm"]: (8,), (8,)
+  """
+
+  def __init__(self, create_scale: bool, create_offset: bool, eps: float = 1e-5,
+               scale_init=None, offset_init=None, data_format: str = "channels_last",
+               name: str | None = None):
+    param_axis = get_channel_index(data_format)
+    axis = slice(2, None) if param_axis == 1 else slice(1, -1)
+    super().__init__(axis=axis, create_scale=create_scale, create_offset=create_offset,
+                     eps=eps, scale_init=scale_init, offset_init=offset_init,
+                     param_axis=param_axis, name=name)
+
+
 class RMSNorm(purify.Module):
   """RMS normalization (https://arxiv.org/abs/1910.07467): ``x / rms(x) * scale``,
   not re-centred. ``scale`` has the shape of ``param_axis`` (default ``(C,)``).
@@ -259,13 +279,17 @@ class BatchNorm(purify.Module):
   vmap without it, training would write per-example statistics, which purify refuses
   (``PerExampleStateError``).
 
+  ``axis`` (default ``None``: all but the channel axis) may use negative indices; the
+  scale/offset shape has 1 on every reduced axis (Haiku only recognises non-negative
+  ones there).
+
   Example::
 
       def f(x, is_training):                     # x: (batch, 8)
         return purify.nn.BatchNorm(True, True, decay_rate=0.9)(x, is_training)
 
       init, apply = purify.transform_with_state(f)
-      params, state = init(None, x, True)        # params["batch_norm"]: scale, offset (1, 8)
+      params, state = init(jax.random.key(0), x, True)   # "batch_norm": scale, offset (1, 8)
       y, state = apply(params, state, None, x, True)       # updates the averages
       y, _ = apply(params, state, None, x, False)          # uses them
   """
