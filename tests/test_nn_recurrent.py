@@ -213,3 +213,18 @@ def test_dropout_in_a_core_draws_a_new_mask_every_step():
   assert set(np.unique(out)) <= {0.0, 2.0}
   assert len({np.asarray(row).tobytes() for row in out}) == 4   # one mask per step
   np.testing.assert_array_equal(t.apply({}, ROOT, xs)[0], out)  # same key, same masks
+
+
+def test_gradients_through_dynamic_unroll_match_haiku():
+  xs = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 2))
+  def program(lib):
+    def f(xs):
+      core = lib.GRU(3)
+      outs, _ = lib.dynamic_unroll(core, xs, core.initial_state(2), reverse=True)
+      return jnp.sum(outs ** 2)
+    return f
+  th, tp = hk.transform(program(hk)), purify.transform(program(purify.nn))
+  params = random_like(jax.eval_shape(th.init, ROOT, xs))
+  want = jax.jit(jax.grad(th.apply))(params, None, xs)
+  got = jax.grad(tp.apply)(params, None, xs)
+  assert_trees_close(got, want)
