@@ -217,6 +217,7 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:When running under vmap:DeprecationWarning")  # Haiku's, int sizes
 @pytest.mark.parametrize("shape, window, strides, padding, channel_axis", POOL_CASES)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_pool_functions_match_haiku(kind, shape, window, strides, padding, channel_axis):
