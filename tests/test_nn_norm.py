@@ -65,7 +65,7 @@ def jitted(fn):
 def both(build, *args):
   """``build(nn, *args)`` with nn = purify.nn and nn = hk: the two transforms."""
   ht = hk.transform_with_state(lambda *a: build(hk, *a))
-  return (purify.transform_with_state(lambda *a: build(pnn, *a)),
+  return (purify.transform_with_state(lambda *a, **k: build(pnn, *a, **k)),
           hk.TransformedWithState(jitted(ht.init), jitted(ht.apply)))
 
 
@@ -377,3 +377,24 @@ def test_batch_norm_in_scan_carries_state_like_a_python_loop():
   want = jnp.stack([step.apply(params, state, None, x, False)[0] for x in xs])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert_trees_close(eval_state, state, rtol=0, atol=0)
+
+
+def test_batch_norm_gradients_match_haiku_and_jit_with_static_is_training():
+  c = normal(5, (6, 4))
+  def build(nn, x, is_training):
+    return (nn.BatchNorm(True, True, 0.9)(nn.Linear(4)(x), is_training) * c).sum()
+  pt, ht = both(build)
+  x = normal(0, (6, 3))
+  hp, hs = ht.init(KEY, x, True)
+  hp = perturb(hp)
+  for t in (True, False):
+    (out, state), grads = jax.jit(jax.value_and_grad(
+        lambda p: pt.apply(p, hs, None, x, t), has_aux=True))(hp)
+    (want, hstate), hgrads = jax.jit(jax.value_and_grad(
+        lambda p: ht.apply(p, hs, None, x, t), has_aux=True))(hp)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    assert_trees_close(grads, hgrads, rtol=1e-4, atol=1e-5)
+    assert_trees_close(state, hstate, rtol=1e-4, atol=1e-5)
+  apply = jax.jit(pt.apply, static_argnames="is_training")
+  out, state = apply(hp, hs, None, x, is_training=True)
+  assert_trees_close(state, ht.apply(hp, hs, None, x, True)[1], rtol=1e-4, atol=1e-5)
