@@ -239,6 +239,26 @@ def test_ema_initialize_and_average_property():
           lambda x: pnn.ExponentialMovingAverage(0.9, **kw)(x)).init(None, x)
 
 
+def test_ema_params_tree_matches_haiku():
+  tree = {"mlp/~/linear_0": {"w": normal(0, (2, 3)), "b": normal(1, (3,))},
+          "~": {"s": normal(2, ())}}
+  trees = [jax.tree_util.tree_map(lambda v, i=i: v * (i + 1), tree) for i in range(3)]
+  def build(nn, t, update):
+    return nn.EMAParamsTree(0.8, ignore_regex=".*/b$")(t, update_stats=update)
+  pt, ht = both(build)
+  _, ps = pt.init(KEY, trees[0], True)
+  _, hs = ht.init(KEY, trees[0], True)
+  assert_init_state(ps, hs)
+  assert sorted(ps) == ["ema_params_tree/_tilde___s",
+                        "ema_params_tree/mlp___tilde___linear_0__w"]
+  pstate, hstate = hs, hs
+  for t, update in zip(trees, (True, False, True)):
+    out, pstate = pt.apply({}, pstate, None, t, update)
+    want, hstate = ht.apply({}, hstate, None, t, update)
+    assert_trees_close(out, want)
+    assert_trees_close(pstate, hstate)
+
+
 # ----------------------------------------------------------------------------- BatchNorm
 BN_CASES = [
     ((4, 3), dict(create_scale=True, create_offset=True, decay_rate=0.9)),

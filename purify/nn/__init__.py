@@ -8,7 +8,7 @@ from purify.nn.dropout import dropout
 from purify.nn.attention import MultiHeadAttention
 from purify.nn.recurrent import (RNNCore, VanillaRNN, LSTM, LSTMState, GRU, add_batch,
                                  static_unroll, dynamic_unroll)
-from purify.nn.moving_averages import ExponentialMovingAverage
+from purify.nn.moving_averages import ExponentialMovingAverage, EMAParamsTree
 from purify.nn.norm import (LayerNorm, InstanceNorm, RMSNorm, GroupNorm, BatchNorm,
                             get_channel_index)
 
@@ -19,5 +19,5 @@ __all__ += ["ConvND", "Conv1D", "Conv2D", "Conv3D", "ConvNDTranspose", "Conv1DTr
 __all__ += ["Embed", "EmbedLookupStyle", "dropout", "MultiHeadAttention"]
 __all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "add_batch",
             "static_unroll", "dynamic_unroll"]
-__all__ += ["ExponentialMovingAverage", "LayerNorm", "InstanceNorm", "RMSNorm", "GroupNorm",
-            "BatchNorm", "get_channel_index"]
+__all__ += ["ExponentialMovingAverage", "EMAParamsTree", "LayerNorm", "InstanceNorm",
+            "RMSNorm", "GroupNorm", "BatchNorm", "get_channel_index"]

@@ -8,6 +8,7 @@ State of one average (module ``exponential_moving_average`` by default)::
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import jax
@@ -105,3 +106,43 @@ class ExponentialMovingAverage(purify.Module):
 
   def _read_average(self):   # a method, so that the read runs in this module's scope
     return purify.get_state("average")
+
+
+class EMAParamsTree(purify.Module):
+  """An :class:`ExponentialMovingAverage` of every leaf of a ``{module: {name: array}}``
+  tree (e.g. another model's params), returning the tree of averages. The average of
+  ``"mlp/~/linear_0"/"w"`` is the submodule ``mlp__~__linear_0__w`` with ``~`` spelled
+  ``_tilde_``, as in Haiku. Names matching ``ignore_regex`` pass through unchanged.
+
+  Example::
+
+      def f(params):
+        return purify.nn.EMAParamsTree(0.99)(params)
+
+      ema = purify.transform_with_state(f)
+      _, ema_state = ema.init(None, params)
+      ema_params, ema_state = ema.apply({}, ema_state, None, params)
+  """
+
+  def __init__(self, decay, zero_debias: bool = True, warmup_length: int = 0,
+               ignore_regex: str = "", name: str | None = None):
+    super().__init__(name=name)
+    self.decay = decay
+    self.zero_debias = zero_debias
+    self.warmup_length = warmup_length
+    self.ignore_regex = ignore_regex
+
+  def __call__(self, tree, update_stats: bool = True):
+    out = {}
+    for module_name, leaves in tree.items():
+      out[module_name] = {}
+      for name, value in leaves.items():
+        path = f"{module_name}/{name}"
+        if self.ignore_regex and re.match(self.ignore_regex, path):
+          out[module_name][name] = value
+          continue
+        ema = ExponentialMovingAverage(
+            self.decay, self.zero_debias, self.warmup_length,
+            name=path.replace("/", "__").replace("~", "_tilde_"))
+        out[module_name][name] = ema(value, update_stats=update_stats)
+    return out
