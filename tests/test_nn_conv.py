@@ -393,6 +393,19 @@ def test_pad_functions_equal_haikus():
       assert getattr(purify.nn.pad, name)(k) == tuple(getattr(hk.pad, name)(k))
 
 
+def test_haikus_pad_functions_work_too():
+  seen = {}
+
+  def f(x):
+    for lib in (hk, purify.nn):
+      conv = purify.nn.Conv2D(2, (3, 2), rate=(2, 1), padding=[lib.pad.causal, lib.pad.full])
+      seen[lib] = conv.padding
+      x = conv(x)
+    return x
+  jax.eval_shape(purify.transform(f).init, KEY, jnp.ones((1, 6, 6, 2)))   # trace only
+  assert seen[hk] == seen[purify.nn] == ((4, 0), (1, 1))
+
+
 # ----------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("make, shape, match", [
