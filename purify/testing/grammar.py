@@ -86,7 +86,8 @@ class Vmap:
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
-  """flavor: "jax" (jax.lax.scan) or "stack" (purify.scan with param_axes=0)."""
+  """flavor: "jax" (jax.lax.scan), "stack" (purify.scan with param_axes=0) or
+  "shared" (purify.scan with split_rng=False: one key for every step)."""
   length: int
   reverse: bool
   unroll: int
@@ -313,7 +314,9 @@ def to_source(program: Program, name: str = "model") -> str:
         kw.append(f"unroll={s.unroll}")
       if s.flavor == "stack":
         kw.append("param_axes=0")
-      fn = "purify.scan" if s.flavor == "stack" else "jax.lax.scan"
+      if s.flavor == "shared":
+        kw.append("split_rng=False")
+      fn = "jax.lax.scan" if s.flavor == "jax" else "purify.scan"
       L(f"{ind}(h, z), ys = {fn}({', '.join([f, '(h, z)', f'0.1 * jnp.arange({s.length}.)'] + kw)})")
       L(f"{ind}h = h + jnp.tanh(ys) @ jnp.arange(1., {s.length + 1}.)")
     elif isinstance(s, Fori):
@@ -393,15 +396,28 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
 #  * state inside eval_shape under vmap.
 
 
-def _leaf(draw, ctx: Ctx, d: int):
-  options = ["param_mul", "op", "draw", "param_matmul", "linear", "counter", "accum"]
+@dataclasses.dataclass
+class _Budget:
+  """How many more leaves, and leaves that compile RNG code (parameters and draws:
+  XLA compiles of threefry dominate the cost of a program), may be generated."""
+  leaves: int
+  rng: int
+
+
+def _leaf(draw, ctx: Ctx, budget: _Budget):
+  options = ["op", "draw", "param_mul", "counter", "accum", "param_matmul", "linear"]
   state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps)
   accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad))
   if not state_ok:
     options.remove("counter")
   if not accum_ok:
     options.remove("accum")
+  if budget.rng <= 0:
+    options = [o for o in options if o not in ("draw", "param_mul", "param_matmul", "linear")]
+  budget.leaves -= 1
   k = draw(st.sampled_from(options))
+  if k in ("draw", "param_mul", "param_matmul", "linear"):
+    budget.rng -= 2 if k == "linear" else 1
   if k == "param_mul":
     return Param("mul")
   if k == "param_matmul":
@@ -417,21 +433,23 @@ def _leaf(draw, ctx: Ctx, d: int):
   return Accum(axes=("*",) if ctx.vmaps else ())
 
 
-def _block(draw, ctx, depth, d, node_kinds, min_len=1):
-  n = draw(st.integers(min_len, 3))
+def _block(draw, ctx, depth, budget, node_kinds):
+  n = draw(st.integers(1, 3))
   stmts = []
   for _ in range(n):
-    if depth > 0 and node_kinds and draw(st.integers(0, 2)) > 0:
-      stmts.append(_node(draw, ctx, depth - 1, d, node_kinds))
+    if budget.leaves <= 0 and stmts:
+      break
+    if depth > 0 and node_kinds and budget.leaves > 0 and draw(st.integers(0, 2)) > 0:
+      stmts.append(_node(draw, ctx, depth - 1, budget, node_kinds))
     else:
-      stmts.append(_leaf(draw, ctx, d))
+      stmts.append(_leaf(draw, ctx, budget))
   return Block(tuple(stmts))
 
 
-def _node(draw, ctx, depth, d, node_kinds):
+def _node(draw, ctx, depth, budget, node_kinds):
   allowed = [k for k in node_kinds if not (k == "while" and ctx.in_grad)]
   k = draw(st.sampled_from(allowed))
-  sub = lambda c: _block(draw, c, depth, d, node_kinds)  # noqa: E731
+  sub = lambda c: _block(draw, c, depth, budget, node_kinds)  # noqa: E731
   if k == "vmap":
     size = draw(st.integers(1, 3))
     flavor = draw(st.sampled_from(["jax", "purify", "shared", "stack"]))
@@ -440,7 +458,7 @@ def _node(draw, ctx, depth, d, node_kinds):
   if k == "scan":
     length = draw(st.integers(1, 3))
     return Scan(length, draw(st.booleans()), draw(st.sampled_from([1, 2])),
-                draw(st.sampled_from(["jax", "stack"])), sub(ctx))
+                draw(st.sampled_from(["jax", "stack", "shared"])), sub(ctx))
   if k == "fori":
     return Fori(draw(st.integers(0, 1)), draw(st.integers(1, 3)), sub(ctx))
   if k == "while":
@@ -457,18 +475,21 @@ def _node(draw, ctx, depth, d, node_kinds):
 
 
 @st.composite
-def programs(draw, max_depth: int = 4, node_kinds=ALL_NODE_KINDS, d: Optional[int] = None):
+def programs(draw, max_depth: int = 4, node_kinds=ALL_NODE_KINDS, d: Optional[int] = None,
+             max_leaves: int = 8, max_rng: int = 4):
   """Valid programs (loop semantics defines their result), finalized.
 
   ``max_depth`` bounds the nesting of transforms; ``node_kinds`` restricts the
-  transforms used (names from ``ALL_NODE_KINDS``). Example::
+  transforms used (names from ``ALL_NODE_KINDS``); ``max_leaves`` bounds the leaf
+  statements and ``max_rng`` the parameters and draws among them (what compiles
+  slowly). Example::
 
       @given(programs(max_depth=2, node_kinds=("vmap", "scan")))
       def test_something(program): ...
   """
   d = d if d is not None else draw(st.integers(2, 3))
   depth = draw(st.integers(0, max_depth))
-  body = _block(draw, Ctx(), depth, d, tuple(node_kinds))
+  body = _block(draw, Ctx(), depth, _Budget(max_leaves, max_rng), tuple(node_kinds))
   return finalize(Program(d, body))
 
 
@@ -479,7 +500,7 @@ class Bad:
   unreduced state write inside vmap), "partial_pmean" (reduced over only the inner
   of two named axes), "param_shape" (a parameter redeclared with another shape),
   "state_dtype" (a state redeclared with another dtype), "param_axes" (purify.vmap
-  with param_axes=1), "scan_shared_rng" (purify.scan(split_rng=False))."""
+  with param_axes=1)."""
   kind: str
   name: str = ""
 
@@ -488,7 +509,7 @@ class Bad:
     """The purify error class the program must raise."""
     return {"per_example_state": "PerExampleStateError", "partial_pmean": "PerExampleStateError",
             "param_shape": "ParamConflictError", "state_dtype": "ParamConflictError",
-            "param_axes": "PurifyError", "scan_shared_rng": "PurifyError"}[self.kind]
+            "param_axes": "PurifyError"}[self.kind]
 
 
 def bad_source(bad: Bad, d: int, ind: str) -> list:
@@ -513,18 +534,15 @@ def bad_source(bad: Bad, d: int, ind: str) -> list:
             f'{ind}z = z + purify.get_state("bad", (), jnp.uint32, init=jnp.zeros)']
   if k == "param_axes":
     return [f'{ind}h = purify.vmap(lambda h: h, param_axes=1)(h[None]).mean(0)']
-  if k == "scan_shared_rng":
-    return [f'{ind}h = purify.scan(lambda c, _: (c, None), h, None, length=2, split_rng=False)[0]']
   raise ValueError(k)
 
 
-BAD_KINDS = ("per_example_state", "partial_pmean", "param_shape", "state_dtype", "param_axes",
-             "scan_shared_rng")
+BAD_KINDS = ("per_example_state", "partial_pmean", "param_shape", "state_dtype", "param_axes")
 
 
 @st.composite
 def invalid_programs(draw, max_depth: int = 3):
-  """(source, Bad): a valid program with one invalid statement planted at a random
+  """(source, Bad, d): a valid program with one invalid statement planted at a random
   position (possibly deep inside loops, conds, jit, checkpoint...)."""
   program = draw(programs(max_depth=max_depth,
                           node_kinds=("scan", "fori", "while", "cond", "checkpoint", "jit", "scope")))
@@ -535,4 +553,4 @@ def invalid_programs(draw, max_depth: int = 3):
   i = draw(st.sampled_from(spots))
   ind = src[i][:len(src[i]) - len(src[i].lstrip())]
   new = src[:i] + bad_source(bad, program.d, ind) + src[i:]
-  return "\n".join(new) + "\n", bad
+  return "\n".join(new) + "\n", bad, program.d

@@ -244,8 +244,9 @@ class _Interp:
     xs = 0.1 * jnp.arange(float(s.length))
     ys = [[None] * s.length for _ in lanes]
     order = range(s.length - 1, -1, -1) if s.reverse else range(s.length)
+    split = s.flavor != "shared"      # purify.scan(split_rng=False): one key for every step
     for pos in order:      # the key index of a step is its position in xs
-      inner = [rep(ln, h=ln.h + xs[pos], loops=ln.loops + (pos,),
+      inner = [rep(ln, h=ln.h + xs[pos], loops=ln.loops + ((pos,) if split else ()),
                    stack=ln.stack + ((pos,) if s.flavor == "stack" else ())) for ln in lanes]
       inner = self.block(s.body, inner)
       for j, ln in enumerate(inner):

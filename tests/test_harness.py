@@ -1,0 +1,124 @@
+"""Property-based tests of purify: generated effectful programs vs loop semantics.
+
+Each property is one test over programs from ``purify.testing.grammar``: leaves
+(parameter uses, Linear layers, RNG draws, state counters and accumulators,
+elementwise ops) under nested jax.vmap (named or not), lax.scan (forward/reverse,
+unroll), fori_loop, while_loop, cond, switch, jax.checkpoint, jax.jit, jax.grad,
+jax.eval_shape, purify.name_scope and the drop-ins purify.vmap(split_rng=False /
+param_axes=0) and purify.scan(param_axes=0), nested up to depth 4.
+
+Profiles (``purify.testing.profiles``): "ci" (default, derandomized, a few minutes)
+and "hunt" (``PURIFY_HYPOTHESIS_PROFILE=hunt python -m pytest tests/test_harness.py``).
+The number of programs each property ran, and the transform kinds covered, are
+printed at the end of the module (and checked by the last test).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from hypothesis import given, strategies as st
+
+import purify
+from purify.testing import checks, grammar, profiles
+
+COMPILE = profiles.size("compile")
+TRACE = profiles.size("trace")
+seeds = st.integers(0, 2 ** 16)
+
+
+def compile_programs():
+  return grammar.programs(max_leaves=COMPILE[0], max_rng=COMPILE[1])
+
+
+def trace_programs():
+  return grammar.programs(max_leaves=TRACE[0], max_rng=TRACE[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_xla(request):
+  """Tiny programs compiled once each: XLA's optimizations cost more than they save
+  (see purify.testing.fast_compiles); print how many programs ran at the end."""
+  with checks.fast_compiles():
+    yield
+  tr = request.config.pluginmanager.get_plugin("terminalreporter")
+  if tr is not None:
+    tr.write_line(f"\npurify.testing [{profiles.profile()}]: {len(checks.distinct)} distinct programs, "
+                  f"{sum(checks.ran.values())} property checks {dict(checks.ran)}; "
+                  f"transform kinds {dict(checks.kinds_seen)}")
+
+
+@profiles.property_settings("reference")
+@given(compile_programs(), seeds)
+def test_init_and_apply_equal_the_reference_interpreter(program, seed):
+  checks.check_reference(program, seed)
+
+
+@profiles.property_settings("jit")
+@given(compile_programs(), seeds)
+def test_jit_of_apply_equals_apply(program, seed):
+  checks.check_jit(program, seed)
+
+
+@profiles.property_settings("determinism")
+@given(compile_programs(), seeds)
+def test_same_key_same_result(program, seed):
+  checks.check_determinism(program, seed)
+
+
+@profiles.property_settings("vmap")
+@given(compile_programs(), seeds)
+def test_vmap_of_apply_equals_a_loop_over_examples(program, seed):
+  checks.check_vmap(program, seed)
+
+
+@profiles.property_settings("eval_shape")
+@given(trace_programs(), seeds)
+def test_param_and_state_tree_equals_eval_shape_of_init(program, seed):
+  checks.check_eval_shape(program, seed)
+
+
+@profiles.property_settings("pipeline")
+@given(trace_programs(), seeds)
+def test_every_intermediate_ir_checks_and_no_effect_survives(program, seed):
+  checks.check_pipeline(program, seed)
+
+
+@profiles.property_settings("idempotent")
+@given(trace_programs(), seeds)
+def test_passes_are_idempotent(program, seed):
+  checks.check_idempotent(program, seed)
+
+
+@profiles.property_settings("leaks")
+@given(trace_programs(), seeds)
+def test_no_tracer_leaks(program, seed):
+  checks.check_no_leaks(program, seed)
+
+
+@profiles.property_settings("invalid")
+@given(grammar.invalid_programs(), seeds)
+def test_invalid_programs_raise_purify_errors(src_bad_d, seed):
+  src, bad, d = src_bad_d
+  checks.check_invalid(src, bad, d, seed)
+
+
+def test_the_harness_covers_many_programs_and_transform_kinds():
+  """Runs last in this module: the properties above ran on many distinct programs
+  covering at least 10 transform kinds."""
+  kinds = set(checks.kinds_seen)
+  assert len(kinds) >= 10, kinds
+  assert len(checks.distinct) >= min(100, sum(profiles.CI_EXAMPLES.values()) // 2), len(checks.distinct)
+
+
+def test_the_reference_check_is_not_vacuous():
+  """check_reference fails when purify and the reference disagree: here the
+  reference is given a program whose two draws have their sites swapped."""
+  prog = grammar.finalize(grammar.Program(2, grammar.Block((
+      grammar.Draw("bits"), grammar.Op("lcg"), grammar.Draw("bits")))))
+  wrong = grammar.Program(2, grammar.Block((
+      grammar.Draw("bits", site="~#1"), grammar.Op("lcg"), grammar.Draw("bits", site="~#0"))))
+  checks.check_reference(prog, 0)
+  checks._CACHE[grammar.to_source(wrong)] = checks.transformed(prog)   # same source anyway
+  with pytest.raises(checks.ModelCheckError, match="apply output"):
+    checks.check_reference(wrong, 0)
