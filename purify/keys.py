@@ -37,6 +37,16 @@ def derive(key, s: str):
   return jax.random.fold_in(jax.random.fold_in(key, np.uint32(hi)), np.uint32(lo))
 
 
+def derive_many(key, names):
+  """``[derive(key, s) for s in names]`` stacked, as ONE vectorized computation
+  (bitwise the same keys: threefry works elementwise over the batch). The init
+  program derives every parameter's key this way: one hash computation to compile
+  instead of two per parameter."""
+  halves = np.array([name_hash(s) for s in names], dtype=np.uint32).reshape(-1, 2)
+  return jax.vmap(lambda hi, lo: jax.random.fold_in(jax.random.fold_in(key, hi), lo))(
+      halves[:, 0], halves[:, 1])
+
+
 def param_key(root, path: str):
   return derive(root, "param:" + path)
 

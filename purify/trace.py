@@ -27,6 +27,8 @@ class Program:
   ``("state", (module, name))``, ``("out", i)``, ``("state_first", key)``.
   ``facts``: what passes so far have established (the pipeline's currency).
   ``init_jaxpr`` / ``init_out_roles``: set by the split-init pass.
+  ``init_groups``: set by the group-init pass — tuples of parameter keys that one
+  vmapped initializer call creates together.
   """
   jaxpr: Any
   in_roles: tuple
@@ -39,6 +41,7 @@ class Program:
   init_jaxpr: Any = None
   init_in_roles: tuple = ()
   init_out_roles: tuple = ()
+  init_groups: tuple | None = None
 
   def replace(self, **kw) -> "Program":
     return dataclasses.replace(self, **kw)

@@ -60,8 +60,8 @@ def ref_param(root, path, shape, init=normal_init, dtype=jnp.float32):
 
 def ref_linear(root, module, n_in, n_out):
   """purify.nn.Linear's initial params, by hand: w ~ Haiku TruncatedNormal(1/sqrt(n_in))
-  (a standard normal cut at +-2, rescaled), b = 0."""
-  real = (1.0 / np.sqrt(n_in)) / np.asarray(0.87962566103423978, np.float32)
+  (a standard normal cut at +-2, times the stddev, not rescaled), b = 0."""
+  real = np.asarray(1.0 / np.sqrt(n_in), np.float32)
   w = jax.random.truncated_normal(keys.param_key(root, f"{module}/w"), -2.0, 2.0,
                                   (n_in, n_out), jnp.float32) * real
   return {"w": w.astype(jnp.float32), "b": jnp.zeros((n_out,), jnp.float32)}

@@ -3,12 +3,13 @@ from purify.passes.base import Pass, Pipeline, PassRecord
 from purify.passes.hoist_params import HoistParams
 from purify.passes.thread_rng import ThreadRng
 from purify.passes.thread_state import ThreadState
+from purify.passes.group_init import GroupInit
 from purify.passes.split_init import SplitInit
 from purify.passes.dce import DeadCodeElimination
 from purify.passes.verify_pure import VerifyPure
 from purify.passes._thread import HOP_RULES, register_hop_rule
 
-DEFAULT_PASSES = (HoistParams(), ThreadRng(), ThreadState(), SplitInit(),
+DEFAULT_PASSES = (HoistParams(), ThreadRng(), ThreadState(), GroupInit(), SplitInit(),
                   DeadCodeElimination(), VerifyPure())
 
 

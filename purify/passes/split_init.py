@@ -14,6 +14,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purify import _compat
 from purify import errors
@@ -21,15 +22,36 @@ from purify import keys
 from purify.passes.base import Pass
 
 
-def init_param(site, root):
-  """The initial value of one parameter, checked against its declaration."""
-  key = keys.param_key(root, site.key_name or site.path)
+def init_group(sites, group_keys):
+  """The initial values of parameters that share shape, dtype, stack and
+  initializer (group-init pass): ONE initializer call, vmapped over their keys
+  (``param_key(root, path)`` each, so the same values as one call per parameter)."""
+  if len(sites) == 1:
+    return [init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))]
+  values = init_param(sites[0], None, key=group_keys, batch=len(sites))
+  return [values[i] for i in range(len(sites))]
+
+
+def param_keys_fn(root, sites):
+  """Every parameter's init key, ``param_key(root, key_name or path)``, in one
+  vectorized derivation."""
+  return keys.derive_many(root, ["param:" + (s.key_name or s.path) for s in sites])
+
+
+def init_param(site, root, key=None, batch=None):
+  """The initial value of one parameter, checked against its declaration (with
+  ``key``/``batch``: of ``batch`` parameters like it, one key each)."""
+  if key is None:
+    key = keys.param_key(root, site.key_name or site.path)
   base_shape = tuple(site.shape[len(site.stack):])
   fn = lambda k: site.init(k, base_shape, site.dtype)  # noqa: E731
   for _ in site.stack:
     fn = jax.vmap(fn)
+  member_keys = lambda k: keys.fold_batch(k, tuple(site.stack))  # noqa: E731
+  if batch is not None:
+    fn, member_keys = jax.vmap(fn), jax.vmap(member_keys)
   try:
-    value = fn(keys.fold_batch(key, tuple(site.stack)))
+    value = fn(member_keys(key))
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
@@ -41,9 +63,11 @@ def init_param(site, root):
         sig="init(key, shape, dtype) -> Array, as in jax.nn.initializers",
         err=f"{type(e).__name__}: {e}")) from e
   value = jnp.asarray(value)
-  if tuple(value.shape) != tuple(site.shape):
+  want = ((batch,) if batch is not None else ()) + tuple(site.shape)
+  if tuple(value.shape) != want:
+    got = tuple(value.shape)[1:] if batch is not None else tuple(value.shape)
     raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
-        path=site.path, got_shape=tuple(value.shape), got_dtype=value.dtype,
+        path=site.path, got_shape=got, got_dtype=value.dtype,
         shape=site.shape, dtype=site.dtype, site=site.site))
   return value.astype(site.dtype)
 
@@ -82,7 +106,7 @@ def _initial_state(st):
 @dataclasses.dataclass(frozen=True)
 class SplitInit(Pass):
   name = "split_init"
-  requires = frozenset({"no_param_effects", "no_rng_effects", "no_state_effects"})
+  requires = frozenset({"no_param_effects", "no_rng_effects", "no_state_effects", "init_groups"})
   provides = frozenset({"split"})
 
   def run(self, program):
@@ -92,10 +116,21 @@ class SplitInit(Pass):
     first = [i for i, r in enumerate(program.out_roles) if r[0] == "state_first"]
     arg_avals = [v.aval for v, r in zip(j.invars, program.in_roles) if r[0] == "arg"]
     param_keys = list(program.params)
+    param_keys_of = param_keys_fn
     state_keys = list(program.states)
 
+    groups = program.init_groups or tuple((k,) for k in param_keys)
+
+    ordered = [k for g in groups for k in g]      # each group a contiguous slice of keys
+
     def init_fn(root, *args):
-      params = {k: init_param(program.params[k], root) for k in param_keys}
+      params = {}
+      all_keys = param_keys_of(root, [program.params[k] for k in ordered]) if ordered else None
+      start = 0
+      for g in groups:
+        gk = jax.lax.slice_in_dim(all_keys, start, start + len(g))
+        start += len(g)
+        params.update(zip(g, init_group([program.params[k] for k in g], gk)))
       states = {}
       for k in state_keys:
         st = program.states[k]

@@ -1,0 +1,115 @@
+"""The group-init pass: parameters sharing (shape, dtype, stack, initializer) are
+initialized by one vmapped call; values are bitwise those of one call per parameter."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import purify
+from purify import keys, passes
+from purify.passes.group_init import initializer_key, _Unique
+
+UNGROUPED = passes.Pipeline([passes.GroupInit(enabled=False) if p.name == "group_init" else p
+                             for p in passes.DEFAULT_PASSES])
+
+
+class Scaled:                      # a callable object: compared by identity only
+  def __init__(self, s):
+    self.s = s
+
+  def __call__(self, key, shape, dtype):
+    return self.s * jax.random.normal(key, shape, dtype)
+
+
+SCALED = Scaled(0.5)
+
+
+def model(x):
+  for i in range(3):
+    x = jnp.tanh(purify.nn.MLP([8, 8, 4], name=f"mlp_{i}")(x))
+    x = x + purify.param(f"shift_{i}", (4,), init=jax.nn.initializers.normal(0.1))
+    x = x * purify.param(f"scale_{i}", (4,), init=SCALED)
+    x = x + purify.param(f"u_{i}", (4,), init=functools.partial(jax.random.uniform, minval=-1.))
+  x = purify.scan(lambda h, _: (purify.nn.Linear(4)(h), None), x, None, length=2, param_axes=0)[0]
+  inner = purify.transform(lambda z: purify.nn.Linear(4)(z))
+  lifted = purify.lift(inner.init, name="inner")(purify.next_rng_key(), x)
+  return inner.apply(lifted, None, x)
+
+
+X = jnp.ones((2, 4))
+
+
+def _groups(pipeline=None):
+  t = purify.transform(model, pipeline=pipeline)
+  c, _ = t.init.purified.compiled(jax.random.key(0), (X,), {})
+  return c.program, t
+
+
+def test_grouped_init_is_bitwise_the_ungrouped_init():
+  root = jax.random.key(3)
+  grouped = purify.transform(model).init(root, X)
+  ungrouped = purify.transform(model, pipeline=UNGROUPED).init(root, X)
+  assert jax.tree_util.tree_structure(grouped) == jax.tree_util.tree_structure(ungrouped)
+  for a, b in zip(jax.tree_util.tree_leaves(grouped), jax.tree_util.tree_leaves(ungrouped)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_each_param_keeps_its_name_derived_value():
+  """The reference runs under jax.jit too: eager op-by-op evaluation may differ from
+  any compiled program in the last bit of erf_inv."""
+  root = jax.random.key(3)
+  params = purify.transform(model).init(root, X)
+  want = jax.jit(lambda r: jax.nn.initializers.normal(0.1)(
+      keys.param_key(r, "~/shift_1"), (4,), jnp.float32))(root)
+  np.testing.assert_array_equal(params["~"]["shift_1"], want)
+  want = jax.jit(lambda r: SCALED(keys.param_key(r, "~/scale_2"), (4,), jnp.float32))(root)
+  np.testing.assert_array_equal(params["~"]["scale_2"], want)
+
+
+def test_groups_follow_shape_dtype_stack_and_what_the_initializer_computes():
+  program, _ = _groups()
+  by_member = {k: g for g in program.init_groups for k in g}
+  # the three MLPs' first layers: same shape, same truncated_normal(1/sqrt(4)) closure
+  assert len(by_member[("mlp_0/~/linear_0", "w")]) == 3
+  assert by_member[("mlp_0/~/linear_0", "w")] == by_member[("mlp_2/~/linear_0", "w")]
+  # the same shape (8, 8) vs (8, 4): different groups
+  assert by_member[("mlp_0/~/linear_1", "w")] != by_member[("mlp_0/~/linear_2", "w")]
+  # zeros biases of shape (8,) across MLPs and layers share a group
+  assert {("mlp_1/~/linear_0", "b"), ("mlp_1/~/linear_1", "b")} <= set(by_member[("mlp_0/~/linear_0", "b")])
+  # normal(0.1) closures compare equal; the callable object by identity; partials by value
+  assert len(by_member[("~", "shift_0")]) == 3
+  assert len(by_member[("~", "scale_0")]) == 3
+  assert len(by_member[("~", "u_0")]) == 3
+  # a stacked (param_axes=0) parameter is not grouped with unstacked ones of its base shape
+  assert by_member[("linear", "w")] == (("linear", "w"),)
+  # lifted params keep one group each (their own init)
+  assert all(len(by_member[k]) == 1 for k in program.params if k[0].startswith("inner/"))
+  assert len(program.init_groups) < len(program.params) / 2
+
+
+def test_ungrouped_pipeline_has_singleton_groups():
+  program, _ = _groups(UNGROUPED)
+  assert all(len(g) == 1 for g in program.init_groups)
+  assert len(program.init_groups) == len(program.params)
+
+
+def test_initializer_key_compares_by_behaviour():
+  assert initializer_key(jax.nn.initializers.normal(0.1)) == initializer_key(jax.nn.initializers.normal(0.1))
+  assert initializer_key(jax.nn.initializers.normal(0.1)) != initializer_key(jax.nn.initializers.normal(0.2))
+  assert (initializer_key(functools.partial(jax.random.uniform, minval=-1.)) ==
+          initializer_key(functools.partial(jax.random.uniform, minval=-1.)))
+  arr = np.ones(3)
+  try:
+    initializer_key(lambda k, s, d: arr)
+    raise AssertionError("a closed-over array must not be compared by value")
+  except _Unique:
+    pass
+
+
+def test_derive_many_is_bitwise_derive():
+  root = jax.random.PRNGKey(7)
+  names = ["param:a/w", "param:b/~/c/w", "rng:x#3"]
+  many = keys.derive_many(root, names)
+  for i, n in enumerate(names):
+    np.testing.assert_array_equal(many[i], keys.derive(root, n))
