@@ -122,3 +122,35 @@ def test_the_reference_check_is_not_vacuous():
   checks._CACHE[grammar.to_source(wrong)] = checks.transformed(prog)   # same source anyway
   with pytest.raises(checks.ModelCheckError, match="apply output"):
     checks.check_reference(wrong, 0)
+
+
+# ----------------------------------------------------------------------------- check_model
+def _user_model(x, is_training):
+  h = purify.nn.Linear(3)(x)
+  if is_training:
+    h = jnp.where(jax.random.bernoulli(purify.next_rng_key(), 0.8, h.shape), h, 0.)
+  n = purify.get_state("n", (), jnp.int32, init=jnp.zeros)
+  purify.set_state("n", n + 1)
+  return jax.vmap(lambda hi: hi * purify.param("s", (3,), init=jax.nn.initializers.ones))(h)
+
+
+def test_check_model_passes_on_a_model_with_params_rng_state_and_a_static_arg():
+  purify.testing.check_model(purify.transform_with_state(_user_model), jnp.ones((2, 4)), True,
+                             max_examples=2)
+
+
+def test_check_model_catches_a_model_that_is_not_a_function_of_its_inputs():
+  import itertools
+  import numpy as np
+  calls = itertools.count()
+
+  def leaky(x):
+    bump = jax.pure_callback(lambda: np.float32(next(calls)), jax.ShapeDtypeStruct((), jnp.float32))
+    return purify.nn.Linear(2)(x) + bump
+
+  with pytest.raises(checks.ModelCheckError, match="apply twice with one key"):
+    purify.testing.check_model(purify.transform(leaky), jnp.ones((1, 3)), max_examples=1,
+                               checks=("determinism",))
+  with pytest.raises(checks.ModelCheckError, match="vmap"):
+    purify.testing.check_model(purify.transform(leaky), jnp.ones((1, 3)), max_examples=1,
+                               checks=("vmap",))

@@ -2,7 +2,9 @@
 
 It runs a :class:`~purify.testing.grammar.Program` with explicit Python loops — one
 iteration per scan / fori / while step, one lane per vmap example — an explicit
-parameter dict, explicit state, and the documented key derivation
+parameter dict, explicit state (initial values from the initializers the program names —
+``jax.nn.initializers.normal``, ``purify.default_init``, ``purify.nn.Linear``'s — called
+with the documented keys), and the documented key derivation
 (``purify.keys``: ``param_key(root, "module/name")``; a draw is
 ``fold(derive(fold(root, loop indices...), "rng:" + site), vmap indices...)``). It
 shares nothing with purify's tracer or passes; only the hashing primitives of
@@ -31,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import purify
 from purify import keys
+from purify.nn import linear
 from purify.testing import grammar as g
-
-_TN_STD = 0.87962566103423978    # std of a standard normal truncated to [-2, 2]
 
 
 class InvalidProgram(Exception):
@@ -42,10 +44,6 @@ class InvalidProgram(Exception):
 
 
 # ----------------------------------------------------------------------------- init
-def _truncated_normal(key, shape, stddev):
-  return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * (stddev / _TN_STD)
-
-
 def param_specs(program: g.Program) -> dict:
   """{(module, name): (shape, init(key, shape), stack)} of every parameter the
   program declares — in every branch, and under eval_shape too."""
@@ -55,11 +53,12 @@ def param_specs(program: g.Program) -> dict:
     if isinstance(s, g.Param):
       if s.kind == "mul":
         out[(s.module, s.name)] = ((d,), lambda k, sh: 0.5 * jax.random.normal(k, sh, jnp.float32), s.stack)
-      elif s.kind == "matmul":     # purify.default_init: fan_in = d
-        out[(s.module, s.name)] = ((d, d), lambda k, sh: _truncated_normal(k, sh, 1 / np.sqrt(d)), s.stack)
-      else:                        # purify.nn.Linear: w truncated normal 1/sqrt(in), b zeros
+      elif s.kind == "matmul":     # the same initializer: purify.default_init
+        out[(s.module, s.name)] = ((d, d), lambda k, sh: purify.default_init(k, sh, jnp.float32), s.stack)
+      else:                        # purify.nn.Linear's: w truncated_normal(1/sqrt(in)), b zeros
         m = g.linear_module(s)
-        out[(m, "w")] = ((d, d), lambda k, sh: _truncated_normal(k, sh, 1 / np.sqrt(d)), s.stack)
+        w_init = linear.truncated_normal(1 / np.sqrt(d))
+        out[(m, "w")] = ((d, d), lambda k, sh: w_init(k, sh, jnp.float32), s.stack)
         out[(m, "b")] = ((d,), lambda k, sh: jnp.zeros(sh, jnp.float32), s.stack)
   return out
 
