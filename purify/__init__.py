@@ -22,7 +22,10 @@ from purify.effects import param, next_rng_key, get_state, set_state, default_in
 from purify.errors import PurifyError
 from purify.module import Module, name_scope
 from purify.transform import transform, transform_with_state, Transformed, TransformedWithState
-from purify.drop_in import vmap, scan, eval_shape, lift
+from purify.effects import custom_creator, custom_getter, ParamContext
+from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch, checkpoint, remat,
+                            jit, grad, value_and_grad, jvp, vjp, eval_shape, lift, layer_stack,
+                            ensemble)
 from purify.inspect import make_jaxpr, explain
 
 from purify import nn  # noqa: E402  (nn uses the API above)
@@ -32,5 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "param", "next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
     "Module", "name_scope", "transform", "transform_with_state", "Transformed", "TransformedWithState",
-    "vmap", "scan", "eval_shape", "lift", "make_jaxpr", "explain", "nn",
+    "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
+    "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
+    "ensemble", "custom_creator", "custom_getter", "ParamContext", "make_jaxpr", "explain", "nn",
 ]

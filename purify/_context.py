@@ -97,7 +97,11 @@ class Frame:
     self.module_names: set[str] = set()         # top-level names in use
     self.module_stack: list[ModuleScope] = []
     self.shared_rng_axes: set = set()
-    self.param_stack: list[tuple[int, Any]] = []   # (size, index tracer)
+    # (size, index tracer, selector): parameters declared while an entry is active and
+    # selected by it (selector(path) -> bool; None = all) get a leading axis of ``size``
+    self.param_stack: list[tuple[int, Any, Any]] = []
+    self.creators: list = []     # purify.custom_creator interceptors, outer -> inner
+    self.getters: list = []      # purify.custom_getter interceptors, outer -> inner
     self.lifting = 0
     self.events = 0
 
@@ -105,6 +109,10 @@ class Frame:
   def bump(self) -> None:
     self.events += 1
     _compat.swap_scope(_SCOPE, (self.id, self.events))
+
+  def stack_for(self, path: str) -> list:
+    """The active (size, index) stack entries that apply to parameter ``path``."""
+    return [(n, i) for n, i, sel in self.param_stack if sel is None or sel(path)]
 
   def module_path(self) -> str:
     if self.module_stack:

@@ -16,6 +16,8 @@ Outside a transform they are exactly ``jax.vmap`` / ``jax.lax.scan``.
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
 import itertools
 
 import jax
@@ -44,6 +46,35 @@ def _mapped_size(args, in_axes, axis_size):
   raise ValueError("purify.vmap: cannot find the mapped size; pass axis_size=")
 
 
+def _param_selector(param_axes, where):
+  """``param_axes`` -> (stacks anything?, selector(path) -> bool or None for all).
+
+  None: shared. 0: every parameter declared inside gets the leading axis. A dict
+  ``{pattern: 0 or None}`` (fnmatch patterns on ``"module/name"``, first match
+  wins, unmatched = shared) mixes stacked and shared parameters."""
+  if param_axes is None:
+    return False, None
+  if param_axes == 0 and not isinstance(param_axes, bool):
+    return True, None
+  if isinstance(param_axes, dict):
+    for pat, ax in param_axes.items():
+      if not isinstance(pat, str) or ax not in (None, 0) or isinstance(ax, bool):
+        raise errors.PurifyError(
+            f"{where}(param_axes={param_axes!r}): a param_axes dict maps module-path patterns "
+            f"(fnmatch, on 'module/name') to 0 (stacked) or None (shared); got {pat!r}: {ax!r}.")
+    items = list(param_axes.items())
+
+    def select(path):
+      for pat, ax in items:
+        if fnmatch.fnmatchcase(path, pat):
+          return ax == 0
+      return False
+    return True, select
+  raise errors.PurifyError(
+      f"{where}(param_axes={param_axes!r}): use None (shared parameters), 0 (per-example / "
+      f"per-step parameters) or a dict {{'pattern': 0 or None}} mixing the two.")
+
+
 def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_name=None,
          *, split_rng: bool = True, param_axes=None):
   """``jax.vmap`` with effect policies (see module docstring).
@@ -53,11 +84,8 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
       def f(x):                                    # x: (5, batch, 3)
         return purify.vmap(purify.nn.MLP([8, 1]), param_axes=0)(x)
   """
-  if param_axes not in (None, 0):
-    raise errors.PurifyError(
-        f"purify.vmap(param_axes={param_axes!r}): only None (shared) and 0 (per-example "
-        f"parameters) are supported.")
-  if split_rng and param_axes is None:
+  stacked, select = _param_selector(param_axes, "purify.vmap")
+  if split_rng and not stacked:
     return jax.vmap(fun, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                     axis_size=axis_size, spmd_axis_name=spmd_axis_name)
 
@@ -67,15 +95,15 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
       return jax.vmap(fun, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                       axis_size=axis_size, spmd_axis_name=spmd_axis_name)(*args, **kwargs)
     name = axis_name if axis_name is not None else f"_purify_vmap_{next(_axis_ids)}"
-    n = _mapped_size(args, in_axes, axis_size) if param_axes == 0 else None
+    n = _mapped_size(args, in_axes, axis_size) if stacked else None
 
     def inner(idx, *a, **kw):
-      if param_axes == 0:
-        frame.param_stack.append((n, idx))
+      if stacked:
+        frame.param_stack.append((n, idx, select))
       try:
         return fun(*a, **kw)
       finally:
-        if param_axes == 0:
+        if stacked:
           frame.param_stack.pop()
 
     axes = (0,) + (tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args))
@@ -105,10 +133,9 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
         layer = lambda h, _: (jnp.tanh(purify.nn.Linear(3)(h)), None)
         return purify.scan(layer, x, None, length=4, param_axes=0)[0]
   """
-  if param_axes not in (None, 0):
-    raise errors.PurifyError(f"purify.scan(param_axes={param_axes!r}): only None and 0 are supported.")
+  stacked, select = _param_selector(param_axes, "purify.scan")
   frame = _context.maybe_frame()
-  if frame is None or (param_axes is None and split_rng):
+  if frame is None or (not stacked and split_rng):
     return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
   if not split_rng:
     user_f = f
@@ -116,7 +143,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
     def f(c, x):  # noqa: F811  (the marker must be the body's first equation)
       effects.mark_unsplit_loop()
       return user_f(c, x)
-    if param_axes is None:
+    if not stacked:
       return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
   if length is None:
     leaves = jax.tree_util.tree_leaves(xs)
@@ -127,7 +154,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
 
   def body(c, x_i):
     x, i = x_i
-    frame.param_stack.append((n, i))
+    frame.param_stack.append((n, i, select))
     try:
       return f(c, x)
     finally:
@@ -135,6 +162,124 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
 
   return jax.lax.scan(body, init, (xs, jnp.arange(n)), length=n, reverse=reverse,
                       unroll=unroll, **kwargs)
+
+
+def map(f, xs, *, batch_size=None, split_rng: bool = True, param_axes=None):  # noqa: A001
+  """``jax.lax.map`` with effect policies: ``split_rng=False`` gives every element the
+  same keys; ``param_axes=0`` gives element ``i`` its own slice of parameters."""
+  stacked, _ = _param_selector(param_axes, "purify.map")
+  if _context.maybe_frame() is None or (split_rng and not stacked):
+    return jax.lax.map(f, xs, batch_size=batch_size)
+  if batch_size is not None:
+    raise errors.PurifyError(
+        "purify.map(batch_size=...) with split_rng=False or param_axes: not supported; "
+        "use purify.vmap inside purify.map over chunks, or drop batch_size.")
+  return scan(lambda c, x: (c, f(x)), None, xs, split_rng=split_rng, param_axes=param_axes)[1]
+
+
+def fori_loop(lower, upper, body_fun, init_val, *, unroll=None, split_rng: bool = True,
+              param_axes=None):
+  """``jax.lax.fori_loop`` with effect policies. ``split_rng=False``: the same keys
+  at every iteration. ``param_axes=0`` (static bounds only): iteration ``i`` uses
+  parameter slice ``i - lower`` (a layer stack written as a loop)."""
+  stacked, _ = _param_selector(param_axes, "purify.fori_loop")
+  kw = {} if unroll is None else {"unroll": unroll}
+  if _context.maybe_frame() is None or (split_rng and not stacked):
+    return jax.lax.fori_loop(lower, upper, body_fun, init_val, **kw)
+  if not stacked:
+    return jax.lax.fori_loop(lower, upper, _unsplit(lambda i, v: body_fun(i, v)), init_val, **kw)
+  try:
+    lo, hi = int(lower), int(upper)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    raise errors.PurifyError(
+        "purify.fori_loop(param_axes=...): the bounds must be static Python ints (the "
+        "number of parameter slices is the trip count).") from None
+  out = scan(lambda v, i: (body_fun(i, v), None), init_val, jnp.arange(lo, hi),
+             split_rng=split_rng, param_axes=param_axes, unroll=unroll or 1)
+  return out[0]
+
+
+def while_loop(cond_fun, body_fun, init_val, *, split_rng: bool = True):
+  """``jax.lax.while_loop``; ``split_rng=False`` gives every iteration the same keys."""
+  if split_rng or _context.maybe_frame() is None:
+    return jax.lax.while_loop(cond_fun, body_fun, init_val)
+  return jax.lax.while_loop(cond_fun, _unsplit(body_fun), init_val)
+
+
+def _unsplit(body):
+  @functools.wraps(body)
+  def wrapped(*args):
+    effects.mark_unsplit_loop()       # first in the body: keys do not fold the index
+    return body(*args)
+  return wrapped
+
+
+def layer_stack(num_layers: int, *, with_per_layer_inputs: bool = False,
+                split_rng: bool = True, unroll: int = 1, name: str | None = None):
+  """Haiku's ``hk.layer_stack``: apply ``f`` ``num_layers`` times with per-layer
+  parameters (stacked along a leading axis), via ``purify.scan(param_axes=0)``.
+
+  ``f(x, *args) -> x`` (or with ``with_per_layer_inputs=True``:
+  ``f(x, *per_layer) -> (x, y)``, per-layer inputs sliced along axis 0 and outputs
+  stacked). ``name`` adds a name scope around the stack.
+
+  Example::
+
+      def f(x):
+        block = lambda h: jnp.tanh(purify.nn.Linear(h.shape[-1])(h))
+        return purify.layer_stack(4)(block)(x)       # params["linear"]["w"]: (4, d, d)
+  """
+  if not isinstance(num_layers, int) or num_layers < 1:
+    raise ValueError(f"purify.layer_stack({num_layers!r}): num_layers must be a positive int")
+
+  def deco(f):
+    @functools.wraps(f)
+    def stacked(x, *args):
+      from purify.module import name_scope
+      if with_per_layer_inputs:
+        body = lambda c, xs: f(c, *xs)  # noqa: E731
+        xs = args
+      else:
+        body = lambda c, _: (f(c, *args), None)  # noqa: E731
+        xs = None
+      run = lambda: scan(body, x, xs, length=num_layers, split_rng=split_rng,  # noqa: E731
+                         param_axes=0, unroll=unroll)
+      if name is not None:
+        with name_scope(name):
+          out = run()
+      else:
+        out = run()
+      return out if with_per_layer_inputs else out[0]
+    return stacked
+  return deco
+
+
+def ensemble(num_members: int, *, in_axes=None, split_rng: bool = True, axis_name=None):
+  """An ensemble: ``f`` applied by ``num_members`` members, each with its own
+  parameters (stacked along a leading axis), outputs stacked. Inputs are shared by
+  default (``in_axes=None``); ``in_axes=0`` gives each member its own slice.
+
+  Example::
+
+      def f(x):
+        return purify.ensemble(5)(purify.nn.MLP([8, 1]))(x)   # (5, batch, 1)
+  """
+  def deco(f):
+    return vmap(f, in_axes=in_axes, axis_size=num_members, axis_name=axis_name,
+                split_rng=split_rng, param_axes=0)
+  return deco
+
+
+# JAX's transforms with nothing for purify to decide: inside a model they already mean
+# what the loop means (docs/semantics.md); offered so that code can use purify.* for all.
+cond = jax.lax.cond
+switch = jax.lax.switch
+checkpoint = remat = jax.checkpoint
+jit = jax.jit
+grad = jax.grad
+value_and_grad = jax.value_and_grad
+jvp = jax.jvp
+vjp = jax.vjp
 
 
 def eval_shape(fun, *args, **kwargs):

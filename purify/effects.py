@@ -24,7 +24,7 @@ a value that does not depend on the branch operands is not detected as per-examp
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -263,7 +263,28 @@ def param(name: str, shape, dtype=jnp.float32, init: Callable | None = None):
   shape = _norm_shape(shape, "param", name)
   dtype = jnp.dtype(dtype)
   module = frame.module_path()
-  stack = tuple(size for size, _ in frame.param_stack)
+  if not frame.creators and not frame.getters:
+    return _declare_param(frame, module, name, shape, dtype, init)
+  ctx = ParamContext(f"{module}/{name}", module, name, shape, dtype, init or default_init)
+
+  def create(i, shape, dtype, init):
+    if i < 0:
+      return _declare_param(frame, module, name, _norm_shape(shape, "param", name),
+                            jnp.dtype(dtype), init)
+    return frame.creators[i](lambda s, d, n: create(i - 1, s, d, n), shape, dtype, init, ctx)
+
+  def get(i, value):
+    if i < 0:
+      return value
+    return frame.getters[i](lambda v: get(i - 1, v), value, ctx)
+
+  value = create(len(frame.creators) - 1, shape, dtype, init)
+  return get(len(frame.getters) - 1, value)
+
+
+def _declare_param(frame, module, name, shape, dtype, init):
+  entries = frame.stack_for(f"{module}/{name}")
+  stack = tuple(size for size, _ in entries)
   full_shape = stack + shape
   key = (module, name)
   site = _context.user_site()
@@ -278,9 +299,63 @@ def param(name: str, shape, dtype=jnp.float32, init: Callable | None = None):
         first_site=prev.site, second_shape=full_shape, second_dtype=dtype, second_site=site))
   frame.bump()
   value = param_p.bind(module=module, name=name, shape=full_shape, dtype=dtype)
-  for _, index in frame.param_stack:
+  for _, index in entries:
     value = jax.lax.dynamic_index_in_dim(value, index, 0, keepdims=False)
   return value
+
+
+class ParamContext(NamedTuple):
+  """What a custom creator/getter is told about the parameter (as Haiku's context)."""
+  full_name: str
+  module_name: str
+  name: str
+  original_shape: tuple
+  original_dtype: Any
+  original_init: Callable
+
+
+class _Interceptor:
+  def __init__(self, fn, table, what):
+    if not callable(fn):
+      raise TypeError(f"purify.{what}: expected a callable, got {fn!r}")
+    self.fn, self.table, self.what = fn, table, what
+
+  def __enter__(self):
+    self.frame = _context.current_frame(self.what, "(interceptors apply inside a transform)")
+    getattr(self.frame, self.table).append(self.fn)
+    return self
+
+  def __exit__(self, *exc):
+    getattr(self.frame, self.table).pop()
+    return False
+
+
+def custom_creator(creator):
+  """Context manager: intercept parameter creation, as Haiku's ``hk.custom_creator``.
+  ``creator(next_creator, shape, dtype, init, context) -> Array``; the innermost
+  creator runs first, ``next_creator(shape, dtype, init)`` calls the next one and
+  finally declares the parameter with what it is given (the stored shape, dtype
+  and initializer). purify traces once, so a creator runs for init and apply alike.
+
+  Example (mixed precision: params stored in float32, used in bfloat16)::
+
+      def f32_storage(next_creator, shape, dtype, init, context):
+        return next_creator(shape, jnp.float32, init)
+
+      def bf16_compute(next_getter, value, context):
+        return next_getter(value.astype(jnp.bfloat16))
+
+      def f(x):                                 # x: bfloat16
+        with purify.custom_creator(f32_storage), purify.custom_getter(bf16_compute):
+          return purify.nn.Linear(4)(x)
+  """
+  return _Interceptor(creator, "creators", "custom_creator")
+
+
+def custom_getter(getter):
+  """Context manager: intercept parameter reads, as Haiku's ``hk.custom_getter``.
+  ``getter(next_getter, value, context) -> Array``; see :func:`custom_creator`."""
+  return _Interceptor(getter, "getters", "custom_getter")
 
 
 def next_rng_key():

@@ -142,7 +142,7 @@ class Module:
         continue
       with _context.declared_in(module):
         if table == "params":
-          stack = tuple(size for size, _ in frame.param_stack)
+          stack = tuple(size for size, _ in frame.stack_for(f"{module}/{name}"))
           if site.stack != stack:
             raise errors.PurifyError(
                 f"{type(self).__name__}.{fn}(): parameter {site.path!r} was declared under "
