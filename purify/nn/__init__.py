@@ -11,6 +11,7 @@ from purify.nn.recurrent import (RNNCore, VanillaRNN, LSTM, LSTMState, GRU, add_
 from purify.nn.moving_averages import ExponentialMovingAverage, EMAParamsTree
 from purify.nn.norm import (LayerNorm, InstanceNorm, RMSNorm, GroupNorm, BatchNorm,
                             get_channel_index)
+from purify.nn.transformer import TransformerBlock, Transformer, TransformerLM
 
 __all__ = ["Linear", "MLP"]
 __all__ += ["ConvND", "Conv1D", "Conv2D", "Conv3D", "ConvNDTranspose", "Conv1DTranspose",
@@ -21,3 +22,4 @@ __all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "add_batch",
             "static_unroll", "dynamic_unroll"]
 __all__ += ["ExponentialMovingAverage", "EMAParamsTree", "LayerNorm", "InstanceNorm",
             "RMSNorm", "GroupNorm", "BatchNorm", "get_channel_index"]
+__all__ += ["TransformerBlock", "Transformer", "TransformerLM"]
