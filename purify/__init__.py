@@ -22,7 +22,8 @@ from purify.effects import param, next_rng_key, get_state, set_state, default_in
 from purify.errors import PurifyError
 from purify.module import Module, name_scope
 from purify.transform import transform, transform_with_state, Transformed, TransformedWithState
-from purify.effects import custom_creator, custom_getter, ParamContext
+from purify.effects import (custom_creator, custom_getter, ParamContext, with_params, get_params,
+                            params_used)
 from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch, checkpoint, remat,
                             jit, grad, value_and_grad, jvp, vjp, eval_shape, lift, layer_stack,
                             ensemble)
@@ -37,5 +38,5 @@ __all__ = [
     "Module", "name_scope", "transform", "transform_with_state", "Transformed", "TransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
     "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
-    "ensemble", "custom_creator", "custom_getter", "ParamContext", "make_jaxpr", "explain", "nn",
+    "ensemble", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "make_jaxpr", "explain", "nn",
 ]

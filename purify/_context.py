@@ -100,6 +100,8 @@ class Frame:
     # (size, index tracer, selector): parameters declared while an entry is active and
     # selected by it (selector(path) -> bool; None = all) get a leading axis of ``size``
     self.param_stack: list[tuple[int, Any, Any]] = []
+    self.param_overrides: list = []   # purify.with_params: {(module, name): value}, outer -> inner
+    self.param_logs: list = []        # active logs of the (module, name)s read
     self.creators: list = []     # purify.custom_creator interceptors, outer -> inner
     self.getters: list = []      # purify.custom_getter interceptors, outer -> inner
     self.lifting = 0
@@ -140,6 +142,31 @@ class declared_in:
 
   def __exit__(self, *exc):
     self.frame.module_stack.pop()
+    return False
+
+
+class rewind:
+  """Context manager: on exit, restore the frame's naming and RNG-site counters, so
+  code run inside (to discover what it declares) and run again names its modules and
+  keys exactly as if it had run once."""
+
+  def __init__(self, frame: "Frame"):
+    self.frame = frame
+
+  def __enter__(self):
+    f = self.frame
+    self.saved = (dict(f.module_counts), set(f.module_names), dict(f.rng_counts),
+                  [(dict(s.counters), set(s.used)) for s in f.module_stack])
+
+  def __exit__(self, *exc):
+    f = self.frame
+    counts, names, rng, scopes = self.saved
+    f.module_counts.clear(); f.module_counts.update(counts)  # noqa: E702
+    f.module_names.clear(); f.module_names.update(names)  # noqa: E702
+    f.rng_counts.clear(); f.rng_counts.update(rng)  # noqa: E702
+    for scope, (c, u) in zip(f.module_stack, scopes):
+      scope.counters.clear(); scope.counters.update(c)  # noqa: E702
+      scope.used.clear(); scope.used.update(u)  # noqa: E702
     return False
 
 

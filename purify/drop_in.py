@@ -276,8 +276,63 @@ cond = jax.lax.cond
 switch = jax.lax.switch
 checkpoint = remat = jax.checkpoint
 jit = jax.jit
-grad = jax.grad
-value_and_grad = jax.value_and_grad
+
+
+def value_and_grad(fun, argnums=0, has_aux=False, *, params: bool = False, **jax_kwargs):
+  """``jax.value_and_grad``; with ``params=True``, the gradient is w.r.t. the
+  parameters ``fun`` reads (``{module: {name: grad}}``, the param tree's structure)
+  instead of its arguments — what ``hk.grad`` users do for inner-loop meta-learning.
+
+  ``fun``'s Python runs twice in the trace: once under ``jax.eval_shape`` to find the
+  parameters it reads (consuming no module name or key site), once differentiated.
+  Use :func:`purify.get_params` for their current values and
+  :func:`purify.with_params` to run code with updated ones.
+  """
+  if not params:
+    return jax.value_and_grad(fun, argnums=argnums, has_aux=has_aux, **jax_kwargs)
+
+  @functools.wraps(fun)
+  def wrapped(*args, **kwargs):
+    frame = _context.current_frame("purify.grad(..., params=True)",
+                                   "(gradients w.r.t. a model's params exist inside a transform)")
+    del frame
+    _, used = effects.params_used(fun, *args, **kwargs)
+    tree: dict = {}
+    for module, name in used:
+      tree.setdefault(module, {})[name] = None
+    current = effects.get_params(tree)
+
+    def of_params(p):
+      with effects.with_params(p):
+        return fun(*args, **kwargs)
+    return jax.value_and_grad(of_params, has_aux=has_aux, **jax_kwargs)(current)
+  return wrapped
+
+
+def grad(fun, argnums=0, has_aux=False, *, params: bool = False, **jax_kwargs):
+  """``jax.grad``; ``params=True``: w.r.t. the parameters ``fun`` reads (see
+  :func:`value_and_grad`).
+
+  Example (one MAML inner step)::
+
+      def model(x, y):
+        net = purify.nn.Linear(1)
+        loss = lambda: jnp.mean((net(x) - y) ** 2)
+        g = purify.grad(loss, params=True)()
+        fast = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, purify.get_params(g), g)
+        with purify.with_params(fast):
+          return loss()
+  """
+  if not params:
+    return jax.grad(fun, argnums=argnums, has_aux=has_aux, **jax_kwargs)
+  vg = value_and_grad(fun, has_aux=has_aux, params=True, **jax_kwargs)
+
+  @functools.wraps(fun)
+  def wrapped(*args, **kwargs):
+    (_, aux), g = vg(*args, **kwargs) if has_aux else ((None, None), vg(*args, **kwargs)[1])
+    return (g, aux) if has_aux else g
+  return wrapped
+
 jvp = jax.jvp
 vjp = jax.vjp
 

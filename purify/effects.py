@@ -301,7 +301,91 @@ def _declare_param(frame, module, name, shape, dtype, init):
   value = param_p.bind(module=module, name=name, shape=full_shape, dtype=dtype)
   for _, index in entries:
     value = jax.lax.dynamic_index_in_dim(value, index, 0, keepdims=False)
+  for log in frame.param_logs:
+    if key not in log:
+      log.append(key)
+  for overrides in reversed(frame.param_overrides):
+    if key in overrides:
+      value = _override(overrides[key], value, key)
+      break
   return value
+
+
+def _override(new, value, key):
+  new = jnp.asarray(new)
+  if new.shape != value.shape:
+    raise errors.ParamsMismatchError(
+        f"purify.with_params: the value given for parameter '{key[0]}/{key[1]}' has shape "
+        f"{new.shape}, but the parameter is used with shape {value.shape} here.")
+  return new.astype(value.dtype)
+
+
+class with_params:
+  """Context manager: parameters read inside take the given values instead of their
+  own (``{module: {name: value}}``; entries not given keep their own). What MAML's
+  inner loop needs, with :func:`purify.grad` ``(..., params=True)``.
+
+  Example::
+
+      def model(x):
+        net = purify.nn.Linear(1)
+        loss = lambda: jnp.mean(net(x) ** 2)
+        g = purify.grad(loss, params=True)()             # {"linear": {"w": .., "b": ..}}
+        p = purify.get_params(g)                         # their current values
+        fast = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, p, g)
+        with purify.with_params(fast):
+          return net(x)                                  # evaluated with the adapted params
+  """
+
+  def __init__(self, params):
+    self.table = _flat_params(params, "purify.with_params")
+
+  def __enter__(self):
+    self.frame = _context.current_frame("with_params")
+    self.frame.param_overrides.append(self.table)
+    return self
+
+  def __exit__(self, *exc):
+    self.frame.param_overrides.pop()
+    return False
+
+
+def _flat_params(params, fn):
+  if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+    raise TypeError(f"{fn}: expected params as {{module: {{name: array}}}}, got {type(params).__name__}")
+  return {(m, n): v for m, sub in params.items() for n, v in sub.items()}
+
+
+def get_params(tree):
+  """The current values of the parameters named in ``tree`` (``{module: {name: _}}``,
+  e.g. a gradient from ``purify.grad(..., params=True)``), as seen at this point of
+  the model (slices under ``param_axes``; overrides of ``with_params`` applied)."""
+  frame = _context.current_frame("get_params")
+  out = {}
+  for (module, name) in _flat_params(tree, "purify.get_params"):
+    site = frame.params.get((module, name))
+    if site is None:
+      raise errors.ParamsMismatchError(
+          f"purify.get_params: no parameter '{module}/{name}' has been declared in this model.")
+    with _context.declared_in(module):
+      n_stack = len(frame.stack_for(f"{module}/{name}"))
+      out.setdefault(module, {})[name] = param(name, site.shape[n_stack:], site.dtype, site.init)
+  return out
+
+
+def params_used(fun, *args, **kwargs):
+  """``(result shapes, [(module, name), ...])``: the parameters ``fun(*args)`` reads,
+  found by running it under ``jax.eval_shape`` without consuming any module name or
+  key site (a later real call names everything as if this had not run)."""
+  frame = _context.current_frame("params_used")
+  log: list = []
+  frame.param_logs.append(log)
+  try:
+    with _context.rewind(frame):
+      shapes = jax.eval_shape(lambda a, k: fun(*a, **k), args, kwargs)
+  finally:
+    frame.param_logs.remove(log)
+  return shapes, log
 
 
 class ParamContext(NamedTuple):
