@@ -65,6 +65,7 @@ class StateSite:
   dtype: Any
   init: Callable | None      # None: created by set_state (initial = first value set)
   site: str
+  key_name: str | None = None  # lifted state: init(key, shape, dtype) with this name's key
 
   @property
   def path(self) -> str:

@@ -362,41 +362,111 @@ class lift:
     self.name = name
 
   def __call__(self, rng, *args, **kwargs):
-    frame = _context.current_frame("lift", repr(self.name))
-    scope = frame.module_path()
-    prefix = self.name if scope == "~" else f"{scope}/{self.name}"
-    shapes_args = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) if hasattr(a, "shape") else a,
-        (args, kwargs))
-    init_fn = self.init_fn
-    frame.lifting += 1
-    try:
-      with _context.no_frame():
-        shapes = jax.eval_shape(lambda r: init_fn(r, *args, **kwargs), rng) if rng is not None else \
-            jax.eval_shape(lambda: init_fn(None, *args, **kwargs))
-    finally:
-      frame.lifting -= 1
-    key_name = f"lift:{prefix}"
-    out = {}
-    tree = shapes[0] if isinstance(shapes, tuple) else shapes
-    for module, sub in tree.items():
-      for pname, sds in sub.items():
-        def member_init(key, shape, dtype, module=module, pname=pname):
-          a, kw = jax.tree_util.tree_map(
-              lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s,
-              shapes_args)
-          with _context.no_frame():
-            p = init_fn(key, *a, **kw)
-          p = p[0] if isinstance(p, tuple) else p
-          return p[module][pname]
-        full_module = f"{prefix}/{module}"
-        v = _declare_lifted(frame, full_module, pname, sds, member_init, key_name)
-        out.setdefault(module, {})[pname] = v
-    return out
+    params, _ = _lift(self.init_fn, self.name, "lift", rng, args, kwargs, with_state=False)
+    return params
+
+
+def _lift_prefix(frame, name):
+  scope = frame.module_path()
+  return name if scope == "~" else f"{scope}/{name}"
+
+
+def _lift(init_fn, name, what, rng, args, kwargs, with_state):
+  frame = _context.current_frame(what, repr(name))
+  prefix = _lift_prefix(frame, name)
+  shapes_args = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) if hasattr(a, "shape") else a,
+      (args, kwargs))
+  frame.lifting += 1
+  try:
+    with _context.no_frame():
+      shapes = jax.eval_shape(lambda r: init_fn(r, *args, **kwargs), rng) if rng is not None else \
+          jax.eval_shape(lambda: init_fn(None, *args, **kwargs))
+  finally:
+    frame.lifting -= 1
+  if with_state and not (isinstance(shapes, tuple) and len(shapes) == 2):
+    raise errors.PurifyError(
+        f"purify.lift_with_state(name={name!r}): the init function must return (params, state), "
+        f"as transform_with_state's init does; use purify.lift for transform's init.")
+  key_name = f"lift:{prefix}"
+
+  def inner_init(key, part):
+    a, kw = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s,
+        shapes_args)
+    with _context.no_frame():
+      out = init_fn(key, *a, **kw)
+    return out[part] if isinstance(out, tuple) else out
+
+  params: dict = {}
+  p_tree = shapes[0] if isinstance(shapes, tuple) else shapes
+  for module, sub in p_tree.items():
+    for pname, sds in sub.items():
+      def member_init(key, shape, dtype, module=module, pname=pname):
+        return inner_init(key, 0)[module][pname]
+      v = _declare_lifted(frame, f"{prefix}/{module}", pname, sds, member_init, key_name)
+      params.setdefault(module, {})[pname] = v
+  state: dict = {}
+  if with_state:
+    for module, sub in shapes[1].items():
+      for sname, sds in sub.items():
+        def state_init(key, shape, dtype, module=module, sname=sname):
+          return inner_init(key, 1)[module][sname]
+        full = f"{prefix}/{module}"
+        with _context.declared_in(full):
+          v = effects.get_state(sname, sds.shape, sds.dtype, init=jnp.zeros)
+        site = frame.states[(full, sname)]
+        site.init, site.key_name = state_init, key_name
+        state.setdefault(module, {})[sname] = v
+  return params, state
+
+
+class lift_with_state:
+  """``purify.lift`` for ``transform_with_state``: registers the inner transform's
+  params AND state with the enclosing transform, under ``"<scope><name>/<module>"``.
+  Returns ``(params, state)``; write the inner apply's new state back with
+  :class:`LiftWithStateUpdater` (as Haiku's ``hk.lift_with_state``).
+
+  Example::
+
+      inner = purify.transform_with_state(counter_model)
+      def outer(x):
+        params, state = purify.lift_with_state(inner.init, name="inner")(purify.next_rng_key(), x)
+        out, state = inner.apply(params, state, None, x)
+        purify.LiftWithStateUpdater("inner").update(state)
+        return out
+  """
+
+  def __init__(self, init_fn, name: str = "lifted"):
+    self.init_fn = init_fn
+    self.name = name
+
+  def __call__(self, rng, *args, **kwargs):
+    return _lift(self.init_fn, self.name, "lift_with_state", rng, args, kwargs, with_state=True)
+
+
+class LiftWithStateUpdater:
+  """Writes a lifted transform's new state back (see :class:`lift_with_state`); use it
+  in the scope where ``lift_with_state(..., name=name)`` was called."""
+
+  def __init__(self, name: str = "lifted"):
+    self.name = name
+
+  def update(self, state) -> None:
+    frame = _context.current_frame("LiftWithStateUpdater.update", repr(self.name))
+    prefix = _lift_prefix(frame, self.name)
+    for module, sub in state.items():
+      for sname, value in sub.items():
+        if (f"{prefix}/{module}", sname) not in frame.states:
+          raise errors.PurifyError(
+              f"LiftWithStateUpdater({self.name!r}).update: no lifted state '{module}/{sname}' "
+              f"under '{prefix}'; call purify.lift_with_state(..., name={self.name!r}) first, "
+              f"in the same scope.")
+        with _context.declared_in(f"{prefix}/{module}"):
+          effects.set_state(sname, value)
 
 
 def _declare_lifted(frame, module, name, sds, init, key_name):
-  from purify import effects
   with _context.declared_in(module):   # under the lifted module path, not the module stack
     v = effects.param(name, sds.shape, sds.dtype, init=init)
   frame.params[(module, name)].key_name = key_name

@@ -84,10 +84,13 @@ def _blame_leaking_initializer(program, key):
       path="(a state initializer)", tracer="a tracer"))
 
 
-def _initial_state(st):
+def _initial_state(st, root):
   init = st.init if st.init is not None else jnp.zeros
   try:
-    value = jnp.asarray(init(st.shape, st.dtype))
+    if st.key_name is not None:       # lifted state: computed with its lift's key
+      value = jnp.asarray(init(keys.param_key(root, st.key_name), st.shape, st.dtype))
+    else:
+      value = jnp.asarray(init(st.shape, st.dtype))
   except errors.PurifyError:
     raise
   except Exception as e:
@@ -134,7 +137,7 @@ class SplitInit(Pass):
       states = {}
       for k in state_keys:
         st = program.states[k]
-        states[k] = _initial_state(st)
+        states[k] = _initial_state(st, root)
       if first:
         ins = []
         for r in program.in_roles:
