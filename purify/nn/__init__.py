@@ -12,6 +12,9 @@ from purify.nn.moving_averages import ExponentialMovingAverage, EMAParamsTree
 from purify.nn.norm import (LayerNorm, InstanceNorm, RMSNorm, GroupNorm, BatchNorm,
                             get_channel_index)
 from purify.nn.transformer import TransformerBlock, Transformer, TransformerLM
+from purify.nn.sequential import Sequential
+from purify.nn.resnet import (ResNet, ResNet18, ResNet34, ResNet50, ResNet101, ResNet152,
+                              ResNet200, BlockGroup, BlockV1, BlockV2)
 
 __all__ = ["Linear", "MLP"]
 __all__ += ["ConvND", "Conv1D", "Conv2D", "Conv3D", "ConvNDTranspose", "Conv1DTranspose",
@@ -22,4 +25,6 @@ __all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "add_batch",
             "static_unroll", "dynamic_unroll"]
 __all__ += ["ExponentialMovingAverage", "EMAParamsTree", "LayerNorm", "InstanceNorm",
             "RMSNorm", "GroupNorm", "BatchNorm", "get_channel_index"]
+__all__ += ["Sequential", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
+            "ResNet152", "ResNet200", "BlockGroup", "BlockV1", "BlockV2"]
 __all__ += ["TransformerBlock", "Transformer", "TransformerLM"]
