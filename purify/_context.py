@@ -66,6 +66,7 @@ class StateSite:
   init: Callable | None      # None: created by set_state (initial = first value set)
   site: str
   key_name: str | None = None  # lifted state: init(key, shape, dtype) with this name's key
+  stack: tuple = ()            # leading sizes from state_axes=0
 
   @property
   def path(self) -> str:
@@ -101,6 +102,10 @@ class Frame:
     # (size, index tracer, selector): parameters declared while an entry is active and
     # selected by it (selector(path) -> bool; None = all) get a leading axis of ``size``
     self.param_stack: list[tuple[int, Any, Any]] = []
+    # (size, index tracer, vmap axis name or None for a loop): state declared while an
+    # entry is active is per-example / per-step (purify.vmap/scan(state_axes=0))
+    self.state_stack: list = []
+    self.mean_state_axes: set = set()   # purify.vmap(state_axes="mean")
     self.param_overrides: list = []   # purify.with_params: {(module, name): value}, outer -> inner
     self.param_logs: list = []        # active logs of the (module, name)s read
     self.creators: list = []     # purify.custom_creator interceptors, outer -> inner

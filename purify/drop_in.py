@@ -10,7 +10,12 @@ semantics does not pick:
   * ``param_axes`` (default None: shared): ``0`` gives every example its own
     parameters (an ensemble; members get distinct initial values whatever
     ``split_rng`` says) or every scan step its own (layer stacking). The stored
-    parameter has a leading axis of the vmap size / scan length.
+    parameter has a leading axis of the vmap size / scan length. A dict
+    ``{"pattern": 0 or None}`` mixes stacked and shared parameters.
+  * ``state_axes`` (default None: one state threaded through; a per-example write
+    under vmap is refused): ``0`` gives every example / step its own state, stacked
+    along a leading axis (per-member BatchNorm statistics, per-layer statistics in
+    a layer stack); ``"mean"`` (vmap) keeps one state and writes the batch mean.
 
 Outside a transform they are exactly ``jax.vmap`` / ``jax.lax.scan``.
 """
@@ -75,8 +80,19 @@ def _param_selector(param_axes, where):
       f"per-step parameters) or a dict {{'pattern': 0 or None}} mixing the two.")
 
 
+def _check_state_axes(state_axes, where, allowed):
+  if state_axes is None or (state_axes in allowed and not isinstance(state_axes, bool)):
+    return
+  raise errors.PurifyError(
+      f"{where}(state_axes={state_axes!r}): use None (one state threaded through, per-example "
+      f"writes refused), 0 (each {'example' if 'vmap' in where else 'step'} its own state, "
+      f"stacked along a leading axis)" + (', or "mean" (one shared state; per-example writes '
+                                           'are averaged over the batch)' if "mean" in allowed
+                                           else "") + ".")
+
+
 def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_name=None,
-         *, split_rng: bool = True, param_axes=None):
+         *, split_rng: bool = True, param_axes=None, state_axes=None):
   """``jax.vmap`` with effect policies (see module docstring).
 
   Example (an ensemble of 5 MLPs, each with its own parameters)::
@@ -85,7 +101,8 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
         return purify.vmap(purify.nn.MLP([8, 1]), param_axes=0)(x)
   """
   stacked, select = _param_selector(param_axes, "purify.vmap")
-  if split_rng and not stacked:
+  _check_state_axes(state_axes, "purify.vmap", (0, "mean"))
+  if split_rng and not stacked and state_axes is None:
     return jax.vmap(fun, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                     axis_size=axis_size, spmd_axis_name=spmd_axis_name)
 
@@ -95,34 +112,43 @@ def vmap(fun, in_axes=0, out_axes=0, axis_name=None, axis_size=None, spmd_axis_n
       return jax.vmap(fun, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                       axis_size=axis_size, spmd_axis_name=spmd_axis_name)(*args, **kwargs)
     name = axis_name if axis_name is not None else f"_purify_vmap_{next(_axis_ids)}"
-    n = _mapped_size(args, in_axes, axis_size) if stacked else None
+    n = _mapped_size(args, in_axes, axis_size) if (stacked or state_axes == 0) else None
 
     def inner(idx, *a, **kw):
       if stacked:
         frame.param_stack.append((n, idx, select))
+      if state_axes == 0:
+        frame.state_stack.append((n, idx, name))
       try:
         return fun(*a, **kw)
       finally:
         if stacked:
           frame.param_stack.pop()
+        if state_axes == 0:
+          frame.state_stack.pop()
 
     axes = (0,) + (tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args))
     idx = jnp.arange(n if n is not None else _mapped_size(args, in_axes, axis_size))  # size check by vmap
     shared_before = name in frame.shared_rng_axes
+    mean_before = name in frame.mean_state_axes
     if not split_rng:
       frame.shared_rng_axes.add(name)
+    if state_axes == "mean":
+      frame.mean_state_axes.add(name)
     try:
       return jax.vmap(inner, in_axes=axes, out_axes=out_axes, axis_name=name,
                       axis_size=axis_size, spmd_axis_name=spmd_axis_name)(idx, *args, **kwargs)
     finally:
       if not split_rng and not shared_before:
         frame.shared_rng_axes.discard(name)
+      if state_axes == "mean" and not mean_before:
+        frame.mean_state_axes.discard(name)
 
   return wrapped
 
 
 def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
-         split_rng: bool = True, param_axes=None, **kwargs):
+         split_rng: bool = True, param_axes=None, state_axes=None, **kwargs):
   """``jax.lax.scan`` with effect policies. ``param_axes=0`` stacks parameters:
   step ``i`` uses slice ``i`` (layer stacking; with ``reverse=True`` still the
   slice at the position in ``xs``).
@@ -134,8 +160,9 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
         return purify.scan(layer, x, None, length=4, param_axes=0)[0]
   """
   stacked, select = _param_selector(param_axes, "purify.scan")
+  _check_state_axes(state_axes, "purify.scan", (0,))
   frame = _context.maybe_frame()
-  if frame is None or (not stacked and split_rng):
+  if frame is None or (not stacked and split_rng and state_axes is None):
     return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
   if not split_rng:
     user_f = f
@@ -143,7 +170,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
     def f(c, x):  # noqa: F811  (the marker must be the body's first equation)
       effects.mark_unsplit_loop()
       return user_f(c, x)
-    if not stacked:
+    if not stacked and state_axes is None:
       return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
   if length is None:
     leaves = jax.tree_util.tree_leaves(xs)
@@ -154,11 +181,17 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
 
   def body(c, x_i):
     x, i = x_i
-    frame.param_stack.append((n, i, select))
+    if stacked:
+      frame.param_stack.append((n, i, select))
+    if state_axes == 0:
+      frame.state_stack.append((n, i, None))
     try:
       return f(c, x)
     finally:
-      frame.param_stack.pop()
+      if stacked:
+        frame.param_stack.pop()
+      if state_axes == 0:
+        frame.state_stack.pop()
 
   return jax.lax.scan(body, init, (xs, jnp.arange(n)), length=n, reverse=reverse,
                       unroll=unroll, **kwargs)
@@ -215,7 +248,8 @@ def _unsplit(body):
 
 
 def layer_stack(num_layers: int, *, with_per_layer_inputs: bool = False,
-                split_rng: bool = True, unroll: int = 1, name: str | None = None):
+                split_rng: bool = True, unroll: int = 1, name: str | None = None,
+                state_axes=0):
   """Haiku's ``hk.layer_stack``: apply ``f`` ``num_layers`` times with per-layer
   parameters (stacked along a leading axis), via ``purify.scan(param_axes=0)``.
 
@@ -243,7 +277,7 @@ def layer_stack(num_layers: int, *, with_per_layer_inputs: bool = False,
         body = lambda c, _: (f(c, *args), None)  # noqa: E731
         xs = None
       run = lambda: scan(body, x, xs, length=num_layers, split_rng=split_rng,  # noqa: E731
-                         param_axes=0, unroll=unroll)
+                         param_axes=0, state_axes=state_axes, unroll=unroll)
       if name is not None:
         with name_scope(name):
           out = run()
@@ -254,10 +288,12 @@ def layer_stack(num_layers: int, *, with_per_layer_inputs: bool = False,
   return deco
 
 
-def ensemble(num_members: int, *, in_axes=None, split_rng: bool = True, axis_name=None):
+def ensemble(num_members: int, *, in_axes=None, split_rng: bool = True, axis_name=None,
+             state_axes=0):
   """An ensemble: ``f`` applied by ``num_members`` members, each with its own
   parameters (stacked along a leading axis), outputs stacked. Inputs are shared by
-  default (``in_axes=None``); ``in_axes=0`` gives each member its own slice.
+  default (``in_axes=None``); ``in_axes=0`` gives each member its own slice. Each
+  member has its own state too (``state_axes=0``).
 
   Example::
 
@@ -266,7 +302,7 @@ def ensemble(num_members: int, *, in_axes=None, split_rng: bool = True, axis_nam
   """
   def deco(f):
     return vmap(f, in_axes=in_axes, axis_size=num_members, axis_name=axis_name,
-                split_rng=split_rng, param_axes=0)
+                split_rng=split_rng, param_axes=0, state_axes=state_axes)
   return deco
 
 

@@ -132,6 +132,11 @@ def _axis_str(axis_data) -> str:
 
 def _set_batch(axis_data, vals, dims, *, module, name):
   (value,), (dim,) = vals, dims
+  frame = _context.maybe_frame()
+  if (dim is not _compat.not_mapped and dim is not None and frame is not None
+      and axis_data.name in frame.mean_state_axes):
+    # purify.vmap(state_axes="mean"): the shared state takes the batch mean
+    value, dim = jnp.mean(value, axis=dim).astype(value.dtype), None
   if dim is not _compat.not_mapped and dim is not None:
     raise errors.PerExampleStateError(errors.PER_EXAMPLE_STATE.format(
         path=f"{module}/{name}", axis=_axis_str(axis_data)))
@@ -190,6 +195,32 @@ def _wrap_control_flow_batching():
 _wrap_control_flow_batching()
 
 
+# purify.vmap(state_axes=0): per example, the value written; batched over that vmap's
+# axis, every example's value stacked (the stacked state, no longer per-example).
+stack_examples_p = _compat.Primitive("purify_stack_examples")
+
+
+@stack_examples_p.def_abstract_eval
+def _stack_examples_abstract_eval(value, *, size, axis):
+  return _compat.ShapedArray((size,) + tuple(value.shape), value.dtype)
+
+
+def _stack_examples_batch(axis_data, vals, dims, *, size, axis):
+  (value,), (dim,) = vals, dims
+  if axis_data.name == axis:
+    return jnp.moveaxis(value, dim, 0), _compat.not_mapped
+  raise errors.PerExampleStateError(
+      f"A per-example state (state_axes=0 over vmap axis {axis!r}) is written with a value "
+      f"that also varies over another vmap axis ({_axis_str(axis_data)}). Give that vmap "
+      f"state_axes=0 too, or reduce the value over it (jax.lax.pmean).")
+
+
+def _stack_examples_impl(value, *, size, axis):
+  raise errors.PurifyError("purify internal: stack_examples outside its vmap")
+
+
+stack_examples_p.def_impl(_stack_examples_impl)
+_compat.fancy_primitive_batchers[stack_examples_p] = _stack_examples_batch
 _compat.fancy_primitive_batchers[rng_p] = _rng_batch
 _compat.fancy_primitive_batchers[set_state_p] = _set_batch
 _compat.stage_unknown_rule(rng_p)
@@ -468,12 +499,24 @@ def _state_site(frame, fn, name, shape, dtype, init):
   key = (module, name)
   site = _context.user_site()
   prev = frame.states.get(key)
+  stack = tuple(size for size, _, _ in frame.state_stack)
+  if prev is not None and prev.stack != stack:
+    raise errors.ParamConflictError(
+        f"State '{module}/{name}' was declared at {prev.site} with per-example/per-step "
+        f"stack {prev.stack} (state_axes), but is used at {site} with stack {stack}. A state "
+        f"is either stacked or not: use it under the same purify.vmap/scan(state_axes=...).")
+  if stack and shape is not None:
+    shape = stack + tuple(shape)
+    if init is not None:
+      base_init = init
+      init = lambda s, d: jnp.broadcast_to(jnp.asarray(base_init(s[len(stack):], d), d), s)  # noqa: E731
   if prev is None:
     if shape is None:
       raise TypeError(
           f"purify.{fn}({name!r}): the state does not exist yet and no shape was given. "
           f"Pass shape= (and dtype=, init=) on first use, or create it with set_state first.")
-    prev = frame.states[key] = _context.StateSite(module, name, shape, dtype, init, site)
+    prev = frame.states[key] = _context.StateSite(module, name, shape, dtype, init, site,
+                                                  stack=stack)
   elif shape is not None and (prev.shape != shape or prev.dtype != dtype):
     raise errors.ParamConflictError(errors.PARAM_CONFLICT.format(
         path=prev.path, what="shapes" if prev.shape != shape else "dtypes",
@@ -500,7 +543,10 @@ def get_state(name: str, shape=None, dtype=jnp.float32, init: Callable | None = 
   dtype = jnp.dtype(dtype)
   st = _state_site(frame, "get_state", name, shape, dtype, init or jnp.zeros)
   frame.bump()
-  return get_state_p.bind(module=st.module, name=name, shape=st.shape, dtype=st.dtype)
+  value = get_state_p.bind(module=st.module, name=name, shape=st.shape, dtype=st.dtype)
+  for _, index, _ in frame.state_stack:
+    value = jax.lax.dynamic_index_in_dim(value, index, 0, keepdims=False)
+  return value
 
 
 def set_state(name: str, value) -> None:
@@ -514,4 +560,28 @@ def set_state(name: str, value) -> None:
     value = value.astype(prev.dtype)
   st = _state_site(frame, "set_state", name, tuple(value.shape), value.dtype, None)
   frame.bump()
+  if frame.state_stack:
+    value = _stacked_write(frame, st, value)
   set_state_p.bind(value, module=st.module, name=name)
+
+
+def _stacked_write(frame, st, value):
+  """The whole stacked state after this example's / step's slice is written: from the
+  innermost stack entry out, a loop entry updates its slice of the state as indexed
+  by the outer entries; a vmap entry gathers every example's value."""
+  entries = frame.state_stack
+  full = None
+  for k in range(len(entries) - 1, -1, -1):
+    size, index, axis = entries[k]
+    if axis is not None:
+      # depend on the example index, so vmap's rule assembles even a constant write
+      value = jax.lax.select(jnp.broadcast_to(index >= 0, value.shape), value, value)
+      value = stack_examples_p.bind(value, size=size, axis=axis)
+    else:
+      if full is None:
+        full = get_state_p.bind(module=st.module, name=st.name, shape=st.shape, dtype=st.dtype)
+      cur = full
+      for _, outer_index, _ in entries[:k]:
+        cur = jax.lax.dynamic_index_in_dim(cur, outer_index, 0, keepdims=False)
+      value = jax.lax.dynamic_update_index_in_dim(cur, value, index, 0)
+  return value

@@ -205,4 +205,7 @@ def test_drop_ins_outside_a_transform_are_jax():
   np.testing.assert_array_equal(purify.map(jnp.sin, xs, split_rng=False), jax.lax.map(jnp.sin, xs))
   assert purify.fori_loop(0, 4, lambda i, v: v + i, 0, param_axes=0) == 6
   assert purify.while_loop(lambda v: v < 5, lambda v: v + 2, 0, split_rng=False) == 6
-  assert purify.cond is jax.lax.cond and purify.checkpoint is jax.checkpoint and purify.grad is jax.grad
+  assert purify.cond is jax.lax.cond and purify.checkpoint is jax.checkpoint
+  f = lambda x, y: jnp.sin(x) * y  # noqa: E731
+  assert purify.grad(f, argnums=1)(1.0, 2.0) == jax.grad(f, argnums=1)(1.0, 2.0)
+  assert purify.value_and_grad(f)(1.0, 2.0) == jax.value_and_grad(f)(1.0, 2.0)
