@@ -1,10 +1,12 @@
 """Pass pipeline time against one trace of the user's Python, per program size.
 
-Run: python bench/pipeline.py   (writes bench/results/pipeline.md)
+Run: python bench/pipeline.py   (writes bench/results/pipeline.md; bench/run.py calls
+measure() too and adds a plot)
 
-For each size n (equations of a model made of n/10 Linear layers with dropout,
-inside a scan and a vmap), it reports the median of 5 runs of: tracing the user's
-Python (purify.trace), and each pass. Ratios are to the trace of the same run.
+For each size (equations of a model made of Linear layers with dropout, plus a scan),
+it reports the median over repeats of: tracing the user's Python (purify.trace), and
+each pass. Ratios are to the trace of the same run. The growth exponent is the slope
+of a log-log fit of pipeline time against equations.
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import purify  # noqa: E402
 from purify import keys, passes, trace  # noqa: E402
+
+# depth -> about 30 * depth + 8 equations
+SIZES = {"full": [(33, 3), (100, 3), (333, 3), (1000, 1), (3333, 1)],
+         "quick": [(33, 3), (100, 2), (333, 1)],
+         "smoke": [(3, 1), (10, 1)]}
 
 
 def model(depth):
@@ -41,15 +48,16 @@ def count_eqns(j):
   return sum(1 for _ in iter_eqns(j))
 
 
-def main():
+def measure(sizes, log=print):
+  """[(eqns, trace s, pipeline s, {pass: s})], growth exponent."""
   rows = []
   ka = keys.default_key_aval()
   pipe = passes.default_pipeline()
-  for depth in (10, 100, 1000):
+  for depth, repeats in sizes:
     f = model(depth)
     sig, _ = trace.signature_of((jnp.ones((4, 8)),), {})
     t_trace, t_passes, n = [], {}, 0
-    for _ in range(5):
+    for _ in range(repeats):
       t0 = time.perf_counter()
       prog, _ = trace.trace(f, sig, ka)
       t_trace.append(time.perf_counter() - t0)
@@ -58,18 +66,31 @@ def main():
       for r in records[1:]:
         t_passes.setdefault(r.name, []).append(r.seconds)
     tt = statistics.median(t_trace)
-    total = sum(statistics.median(v) for v in t_passes.values())
-    rows.append((n, tt, total, {k: statistics.median(v) for k, v in t_passes.items()}))
+    per = {k: statistics.median(v) for k, v in t_passes.items()}
+    rows.append((n, tt, sum(per.values()), per))
+    log(f"  pipeline: {n} eqns, trace {tt:.3f}s, passes {sum(per.values()):.3f}s")
   ns = np.array([r[0] for r in rows], float)
   ps = np.array([r[2] for r in rows])
-  exponent = np.polyfit(np.log(ns), np.log(ps), 1)[0]
-  out = [f"# pass pipeline vs trace ({platform.machine()}, JAX {jax.__version__}, Python {platform.python_version()})",
-         "", "| eqns | trace ms | pipeline ms | pipeline/trace | " + " | ".join(rows[0][3]) + " |",
-         "|---" * (4 + len(rows[0][3])) + "|"]
-  for n, tt, total, per in rows:
-    out.append(f"| {n} | {tt*1e3:.1f} | {total*1e3:.1f} | {total/tt:.2f} | " +
-               " | ".join(f"{v*1e3:.1f}" for v in per.values()) + " |")
+  exponent = float(np.polyfit(np.log(ns), np.log(ps), 1)[0]) if len(rows) > 1 else float("nan")
+  return rows, exponent
+
+
+def table(rows, exponent):
+  names = list(rows[0][3])
+  out = ["| eqns | trace ms | pipeline ms | pipeline/trace | " + " | ".join(names) + " |",
+         "|---" * (4 + len(names)) + "|"]
+  for n, tt, tot, per in rows:
+    out.append(f"| {n} | {tt*1e3:.1f} | {tot*1e3:.1f} | {tot/tt:.2f} | " +
+               " | ".join(f"{per.get(k, float('nan'))*1e3:.1f}" for k in names) + " |")
   out += ["", f"growth exponent of the pipeline (log-log fit): {exponent:.2f}"]
+  return out
+
+
+def main():
+  mode = "quick" if "--quick" in sys.argv else "full"
+  rows, exponent = measure(SIZES[mode])
+  out = [f"# pass pipeline vs trace ({platform.machine()}, JAX {jax.__version__}, "
+         f"Python {platform.python_version()})", ""] + table(rows, exponent)
   text = "\n".join(out)
   print(text)
   res = pathlib.Path(__file__).resolve().parent / "results"

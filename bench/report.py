@@ -1,0 +1,401 @@
+"""Markdown tables, PNG plots and the pass/miss lines against issue 5's targets."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata as md
+import json
+import os
+import pathlib
+import platform
+import subprocess
+
+import numpy as np
+
+from bench import harness
+from bench.harness import boot_ci, med, total
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STAGES = ("trace", "passes", "lower", "compile", "run")
+LN_DEFAULT = {"purify": "exact (use_fast_variance=False, Haiku's)",
+              "jax": "hand-written; both measured",
+              "haiku": "exact (use_fast_variance=False)",
+              "linen": "fast (use_fast_variance=True)",
+              "nnx": "fast (use_fast_variance=True)",
+              "equinox": "exact (jnp.var; no option)"}
+
+
+def _ver(name):
+  try:
+    return md.version(name)
+  except md.PackageNotFoundError:
+    return "not installed"
+
+
+def environment(mode):
+  cpu = platform.processor() or "?"
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "purify"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    rev += " (purify/ has uncommitted changes)" if dirty else ""
+  except OSError:
+    rev = "?"
+  import jax
+  return dict(
+      date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      mode=mode, cpu=cpu, cores=os.cpu_count(), platform=platform.platform(),
+      python=platform.python_version(), device=str(jax.devices()[0]),
+      versions={n: _ver(n) for n in ("jax", "jaxlib", "dm-haiku", "flax", "equinox", "optax",
+                                     "numpy", "purify")},
+      purify_rev=rev, load_start=os.getloadavg())
+
+
+def ms(s):
+  if s != s:
+    return "–"
+  return f"{s*1e3:.1f}" if s < 10 else f"{s*1e3:.0f}"
+
+
+def rfmt(m, lo=None, hi=None):
+  if m != m:
+    return "–"
+  if lo is None:
+    return f"{m:.2f}"
+  return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _stage(c, part, s):
+  st = c[part]
+  if s == "trace":
+    return st["user_trace"] + st["jax_trace"]
+  return st[s]
+
+
+def paired(res_list_a, res_list_b, fn):
+  """Ratios fn(a_r)/fn(b_r) of the repeats both have."""
+  return [fn(a) / fn(b) for a, b in zip(res_list_a, res_list_b)]
+
+
+def _na(res, fw, model):
+  return res.unavailable.get((fw, model))
+
+
+def cold_table(res, fws, model):
+  head = ("| framework | params | init: trace | passes | lower | compile | run | **total** | "
+          "×jax | apply: trace | lower | compile | run | **total** | ×jax | init+apply | ×jax | "
+          "×haiku |")
+  out = [head, "|---" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+  jx = res.cold.get(("jax", model), [])
+  hk = res.cold.get(("haiku", model), [])
+  for fw in fws:
+    na = _na(res, fw, model)
+    cs = res.cold.get((fw, model))
+    if not cs:
+      out.append(f"| {fw} | {na or 'n/a'} |" + " |" * (head.count("|") - 3))
+      continue
+    row = [fw, f"{res.params.get((fw, model), 0):,}"]
+    row += [ms(med([_stage(c, "init", s) for c in cs])) for s in STAGES]
+    row.append(f"**{ms(med([total(c['init']) for c in cs]))}**")
+    row.append(rfmt(*boot_ci(paired(cs, jx, lambda c: total(c["init"])))) if jx else "–")
+    row += [ms(med([_stage(c, "apply", s) for c in cs])) for s in ("trace", "lower", "compile", "run")]
+    row.append(f"**{ms(med([total(c['apply']) for c in cs]))}**")
+    row.append(rfmt(*boot_ci(paired(cs, jx, lambda c: total(c["apply"])))) if jx else "–")
+    both = lambda c: total(c["init"]) + total(c["apply"])
+    row.append(ms(med([both(c) for c in cs])))
+    row.append(rfmt(*boot_ci(paired(cs, jx, both))) if jx else "–")
+    row.append(rfmt(*boot_ci(paired(cs, hk, both))) if hk else "–")
+    out.append("| " + " | ".join(row) + " |")
+  return out
+
+
+def passes_table(res, models):
+  per = {}
+  for m in models:
+    cs = res.cold.get(("purify", m))
+    if cs:
+      per[m] = cs
+  if not per:
+    return ["(purify did not run)"]
+  names = list(next(iter(per.values()))[0]["init"]["per_pass"])
+  out = ["| model | trace of the user's Python ms | " + " | ".join(names) +
+         " | passes total ms | passes / trace |", "|---" * (len(names) + 4) + "|"]
+  for m, cs in per.items():
+    tr = med([c["init"]["user_trace"] for c in cs])
+    pt = med([c["init"]["passes"] for c in cs])
+    out.append(f"| {m} | {ms(tr)} | " + " | ".join(
+        ms(med([c["init"]["per_pass"].get(n, float("nan")) for c in cs])) for n in names) +
+        f" | {ms(pt)} | {pt/tr:.2f} |")
+  return out
+
+
+def steady_table(res, fws, model):
+  out = ["| framework | forward ms | ×jax [95% CI] | train step ms | ×jax [95% CI] | "
+         "HLO ops init | HLO ops forward | HLO ops train |", "|---" * 8 + "|"]
+  jx = res.steady.get(("jax", model))
+  for fw in fws:
+    st = res.steady.get((fw, model))
+    h = res.hlo.get((fw, model), {})
+    if not st:
+      out.append(f"| {fw} | {_na(res, fw, model) or 'n/a'} | | | | | | |")
+      continue
+    row = [fw]
+    for part in ("fwd", "train"):
+      row.append(ms(med(st[part])))
+      row.append(rfmt(*boot_ci([a / b for a, b in zip(st[part], jx[part])])) if jx else "–")
+    row += [str(h.get(k, "–")) for k in ("init", "fwd", "train")]
+    out.append("| " + " | ".join(row) + " |")
+  return out
+
+
+def runs_table(res, fws):
+  models = sorted({m for (_, m) in res.runs}, key=lambda m: harness.common.MODELS.index(m))
+  out = ["| framework | " + " | ".join(f"{m}: init + apply + jit(apply)" for m in models) + " |",
+         "|---" * (len(models) + 1) + "|"]
+  for fw in fws:
+    cells = []
+    for m in models:
+      c = res.runs.get((fw, m))
+      if not c or len(c) < 3:
+        cells.append("–")
+      else:
+        cells.append(f"{c[0]} + {c[1]-c[0]} + {c[2]-c[1]} = **{c[2]}**")
+    out.append(f"| {fw} | " + " | ".join(cells) + " |")
+  return out
+
+
+def ln_table(res, fws):
+  out = ["| framework | default | exact ms | fast ms | fast / exact |", "|---" * 5 + "|"]
+  for fw in fws:
+    e, f = res.ln.get((fw, "exact")), res.ln.get((fw, "fast"))
+    if e is None and f is None:
+      continue
+    ef = rfmt(*boot_ci([b / a for a, b in zip(e, f)])) if e and f else (
+        res.ln_na.get((fw, "fast")) or res.ln_na.get((fw, "exact")) or "–")
+    out.append(f"| {fw} | {LN_DEFAULT.get(fw, '?')} | {ms(med(e)) if e else '–'} | "
+               f"{ms(med(f)) if f else '–'} | {ef} |")
+  return out
+
+
+def targets(res, pipe, models):
+  """Issue 5's targets: one honest line each."""
+  lines = []
+
+  def mark(ok):
+    return "PASS" if ok else "MISS"
+
+  for m in models:
+    p, j = res.steady.get(("purify", m)), res.steady.get(("jax", m))
+    if not p or not j:
+      lines.append(f"- steady state {m}: not measured ({_na(res, 'purify', m) or 'no data'})")
+      continue
+    for part, what in (("fwd", "forward"), ("train", "train step")):
+      r, lo, hi = boot_ci([a / b for a, b in zip(p[part], j[part])])
+      ok = lo <= 1.0 <= hi and r <= 1.02
+      lines.append(f"- {mark(ok)} steady {what} {m}: purify/jax median {r:.2f}, 95% CI "
+                   f"[{lo:.2f}, {hi:.2f}] (target: CI contains 1.00, median <= 1.02)")
+    hp, hj = res.hlo.get(("purify", m), {}), res.hlo.get(("jax", m), {})
+    for part in ("fwd", "train"):
+      if part in hp and part in hj:
+        lines.append(f"- {mark(hp[part] == hj[part])} optimized HLO size {m} {part}: purify "
+                     f"{hp[part]} ops, jax {hj[part]} (target: equal; no RNG in these models)")
+  for m in models:
+    p, j, h = (res.cold.get((fw, m)) for fw in ("purify", "jax", "haiku"))
+    if not p or not j:
+      continue
+    ri = boot_ci(paired(p, j, lambda c: total(c["init"])))[0]
+    if m in ("transformer", "transformer_scan", "resnet50"):
+      lines.append(f"- {mark(ri <= 0.5)} init time to first result {m}: {ri:.2f}x jax "
+                   f"(target <= 0.5x)")
+    ra = boot_ci(paired(p, j, lambda c: total(c["apply"])))[0]
+    lines.append(f"- {mark(ra <= 1.05)} first apply {m}: {ra:.2f}x jax (target <= 1.05x)")
+    if h:
+      both = lambda c: total(c["init"]) + total(c["apply"])
+      rh = boot_ci(paired(p, h, both))[0]
+      lines.append(f"- {mark(rh <= 0.75)} init + first apply {m}: {rh:.2f}x haiku "
+                   f"(target <= 0.75x)")
+  for m in models:
+    cs = res.cold.get(("purify", m))
+    if cs:
+      r = med([c["init"]["passes"] / c["init"]["user_trace"] for c in cs])
+      lines.append(f"- {mark(r <= 0.10)} pass pipeline {m}: {r:.2f} of one trace of the "
+                   f"user's Python (target <= 0.10)")
+  if pipe:
+    rows, e = pipe
+    worst = max(r[2] / r[1] for r in rows)
+    lines.append(f"- {mark(worst <= 0.10)} pass pipeline vs program size: at most {worst:.2f} "
+                 f"of one trace over {rows[0][0]}..{rows[-1][0]} equations (target <= 0.10)")
+    lines.append(f"- {mark(e <= 1.1)} pipeline growth exponent {e:.2f} (target <= 1.1)")
+  for m in ("mlp", "transformer"):
+    c = res.runs.get(("purify", m))
+    if c and len(c) == 3:
+      lines.append(f"- {mark(c[2] - c[1] == 0)} jax.jit(t.apply) re-runs the model's Python "
+                   f"{c[2]-c[1]} times ({m}; target 0); init + apply + jit(apply) ran it {c[2]} "
+                   f"time(s) in all")
+  return lines
+
+
+def plots(out, res, pipe, fws, models):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  files = []
+  # cold start: stacked bars, init and apply per framework, one panel per model
+  ms_ = [m for m in models if any(res.cold.get((fw, m)) for fw in fws)]
+  if ms_:
+    fig, axes = plt.subplots(1, len(ms_), figsize=(4.2 * len(ms_), 3.8), squeeze=False)
+    colors = dict(trace="#4c72b0", passes="#dd8452", lower="#55a868", compile="#c44e52",
+                  run="#8172b3")
+    for ax, m in zip(axes[0], ms_):
+      labels, i = [], 0
+      for fw in fws:
+        cs = res.cold.get((fw, m))
+        if not cs:
+          continue
+        for part in ("init", "apply"):
+          left = 0.0
+          for s in STAGES:
+            v = med([_stage(c, part, s) for c in cs])
+            ax.barh(i, v, left=left, color=colors[s], label=s if (i == 0) else None)
+            left += v
+          labels.append(f"{fw} {part}")
+          i += 1
+      ax.set_yticks(range(len(labels)), labels, fontsize=7)
+      ax.invert_yaxis()
+      ax.set_xlabel("seconds to first result")
+      ax.set_title(m)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "cold_start.png", dpi=110)
+    plt.close(fig)
+    files.append("cold_start.png")
+  # steady state ratios with CI
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, part, title in ((axes[0], "fwd", "jitted forward"), (axes[1], "train", "train step")):
+    for k, fw in enumerate(fws):
+      xs, ys, lo, hi = [], [], [], []
+      for mi, m in enumerate(models):
+        st, jx = res.steady.get((fw, m)), res.steady.get(("jax", m))
+        if not st or not jx:
+          continue
+        r, a, b = boot_ci([p / q for p, q in zip(st[part], jx[part])])
+        xs.append(mi + (k - len(fws) / 2) * 0.12)
+        ys.append(r)
+        lo.append(r - a)
+        hi.append(b - r)
+      if xs:
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", label=fw, capsize=2)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set_ylabel("time / hand-written JAX")
+    ax.set_title(title + " (median, 95% CI)")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "steady_state.png", dpi=110)
+  plt.close(fig)
+  files.append("steady_state.png")
+  if pipe:
+    rows, e = pipe
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    n = [r[0] for r in rows]
+    ax.loglog(n, [r[1] for r in rows], "o-", label="trace of the user's Python")
+    ax.loglog(n, [r[2] for r in rows], "s-", label=f"pass pipeline (exponent {e:.2f})")
+    ax.loglog(n, [0.1 * r[1] for r in rows], "k:", label="target: 0.1 x trace")
+    ax.set_xlabel("equations")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pipeline.png", dpi=110)
+    plt.close(fig)
+    files.append("pipeline.png")
+  return files
+
+
+def write(out, res, pipe, env, fws, models, mode, plots=True):
+  v = env["versions"]
+  lines = [f"# purify side-by-side benchmark ({mode})", "",
+           f"Generated by `python bench/run.py{'' if mode == 'full' else ' --' + mode}` on "
+           f"{env['date']} in {env['wall_s']:.0f} s.", "",
+           f"- machine: {env['cpu']}, {env['cores']} cores, {env['platform']}, JAX device "
+           f"{env['device']}",
+           f"- load average at start {env['load_start'][0]:.1f}, at end {env['load_end'][0]:.1f} "
+           f"(1 min). The machine was shared with other jobs while this ran, so absolute "
+           f"times are noisy; ratios are paired per repeat (frameworks interleaved, order "
+           f"rotated) to cancel slow drifts.",
+           f"- versions: Python {env['python']}, " + ", ".join(f"{k} {x}" for k, x in v.items()) +
+           f"; purify at {env['purify_rev']}",
+           "- time to first result: after a warm-up (a tiny MLP through every framework, so "
+           "JAX's one-time start-up is not charged to the first model), the repeats run in one "
+           "process with fresh model objects each round; with 1-2 rounds on the big models "
+           "the CIs of these ratios are degenerate (budget: XLA compiles of init dominate); `trace` is running the user's Python under JAX (for purify also the "
+           "trace of the bound pure program), `passes` purify's pipeline. purify traces the "
+           "user's Python once, for init and apply together, and counts it under init.",
+           "- steady state: medians of per-call times; ×jax is the median of ratios paired per "
+           "repeat, with a bootstrap 95% CI. ResNet-50 runs in training mode (batch "
+           "statistics, moving averages returned as state) for forward and train step; "
+           "Equinox's convolutions are channels-first (its layout), the others NHWC.",
+           "- every Transformer row uses exact-variance LayerNorm (`jnp.var`), Flax's set "
+           "with `use_fast_variance=False`; the LayerNorm section measures both.",
+           ""]
+  lines += ["## Parameter counts (checked equal across frameworks)", ""]
+  ok_all = True
+  for m in models:
+    counts = {fw: res.params[(fw, m)] for fw in fws if (fw, m) in res.params}
+    same = len(set(counts.values())) <= 1
+    ok_all &= same
+    cs = ", ".join(f"{fw} {n:,}" for fw, n in counts.items())
+    lines.append(f"- {m}: {'equal' if same else 'DIFFERENT'} — {cs}")
+  lines.append("")
+  for m in models:
+    lines += [f"## {m}: time to first result (ms)", ""] + cold_table(res, fws, m) + [""]
+    lines += [f"### {m}: steady state and optimized HLO size", ""] + steady_table(res, fws, m) + [""]
+  lines += ["## purify's passes per model (ms, part of init's time to first result)", ""]
+  lines += passes_table(res, models) + [""]
+  if res.runs:
+    lines += ["## How many times the model's Python ran (init, then apply, then jax.jit(apply))",
+              "", "Natural API of each framework, unjitted init and apply, then "
+              "`jax.jit(apply)`; counted by a counter in the model's top-level Python.", ""]
+    lines += runs_table(res, fws) + [""]
+  if res.ln:
+    lines += ["## LayerNorm: exact variance vs fast variance (E[x²]−E[x]²), Transformer "
+              "train step", ""] + ln_table(res, fws) + [""]
+  if pipe:
+    from bench import pipeline as pl
+    lines += ["## Pass pipeline vs program size", ""] + pl.table(*pipe) + [""]
+  if res.notes:
+    lines += ["## Framework settings", ""] + [f"- {fw}: {n}" for fw, n in res.notes.items()] + [""]
+  lines += ["## Targets (issue 5)", ""] + targets(res, pipe, models) + [""]
+  if res.unavailable:
+    lines += ["## Not measured", ""] + [f"- {fw} / {m}: {r}" for (fw, m), r in
+                                        sorted(res.unavailable.items())] + [""]
+  files = []
+  if plots:
+    try:
+      files = globals()["plots"](out, res, pipe, fws, models)
+    except ImportError:
+      lines += ["(plots skipped: matplotlib is not installed)", ""]
+  if files:
+    lines += ["## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
+  text = "\n".join(lines)
+  (out / "results.md").write_text(text)
+  if pipe:
+    (out / "pipeline.md").write_text(
+        f"# pass pipeline vs trace (JAX {v['jax']}, Python {env['python']})\n\n" +
+        "\n".join(pl.table(*pipe)) + "\n")
+  raw = dict(env=env, params={f"{a}/{b}": n for (a, b), n in res.params.items()},
+             cold={f"{a}/{b}": x for (a, b), x in res.cold.items()},
+             steady={f"{a}/{b}": x for (a, b), x in res.steady.items()},
+             hlo={f"{a}/{b}": x for (a, b), x in res.hlo.items()},
+             runs={f"{a}/{b}": x for (a, b), x in res.runs.items()},
+             layernorm={f"{a}/{b}": x for (a, b), x in res.ln.items()},
+             unavailable={f"{a}/{b}": x for (a, b), x in res.unavailable.items()},
+             pipeline=pipe, params_equal=ok_all)
+  (out / "results.json").write_text(json.dumps(raw, indent=1, default=float))
+  return text

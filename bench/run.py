@@ -1,0 +1,96 @@
+"""The side-by-side benchmark (issue 5): purify, hand-written JAX, Haiku, Flax linen,
+Flax NNX and Equinox on an MLP, ResNet-50 and a Transformer LM (unrolled and scanned).
+
+Run from the repository root:
+
+    python bench/run.py            # full: writes bench/results/results.md, *.png, results.json
+    python bench/run.py --quick    # full sizes, fewer repeats (a few minutes)
+    python bench/run.py --smoke --out /tmp/b   # tiny models, 1 repeat (the test suite's)
+
+Options: --frameworks purify,jax,haiku  --models mlp,transformer  --out DIR
+--no-plots --no-pipeline --no-layernorm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import common, harness, report  # noqa: E402
+
+# (cold repeats, steady repeats, calls per steady repeat) per model and mode
+REPEATS = {
+    "full": {"mlp": (3, 9, 5), "resnet50": (1, 3, 2), "transformer": (2, 7, 3),
+             "transformer_scan": (2, 7, 3), "layernorm": (7, 3)},
+    "quick": {"mlp": (1, 3, 3), "resnet50": (1, 2, 1), "transformer": (1, 3, 2),
+              "transformer_scan": (1, 3, 2), "layernorm": (3, 2)},
+    "smoke": {"mlp": (1, 1, 1), "resnet50": (1, 1, 1), "transformer": (1, 1, 1),
+              "transformer_scan": (1, 1, 1), "layernorm": (1, 1)},
+}
+COUNT_MODELS = ("mlp", "transformer")     # where the Python-run count is taken
+
+
+def parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--smoke", action="store_true")
+  g.add_argument("--quick", action="store_true")
+  p.add_argument("--frameworks", default=None)
+  p.add_argument("--models", default=None)
+  p.add_argument("--out", default=None)
+  p.add_argument("--no-plots", action="store_true")
+  p.add_argument("--no-pipeline", action="store_true")
+  p.add_argument("--no-layernorm", action="store_true")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  a = parse(argv)
+  mode = "smoke" if a.smoke else "quick" if a.quick else "full"
+  cfg = common.CONFIGS[mode]
+  fws = a.frameworks.split(",") if a.frameworks else (
+      ["purify", "jax", "haiku"] if mode == "smoke" else list(harness.FRAMEWORKS))
+  models = a.models.split(",") if a.models else list(common.MODELS)
+  out = pathlib.Path(a.out) if a.out else ROOT / "bench" / "results"
+  out.mkdir(parents=True, exist_ok=True)
+  reps = REPEATS[mode]
+  env = report.environment(mode)
+  t_start = time.time()
+  res = harness.Results()
+  harness.log(f"bench: mode={mode} frameworks={fws} models={models} -> {out}")
+  if mode != "smoke":
+    harness.log("warm-up (tiny MLP per framework)")
+    harness.warm_up(fws)
+  for model in models:
+    nc, ns, inner = reps[model]
+    harness.log(f"[{time.time()-t_start:6.0f}s] {model}: cold start")
+    variables = harness.run_cold(res, fws, model, cfg, nc)
+    harness.log(f"[{time.time()-t_start:6.0f}s] {model}: steady state")
+    harness.run_steady(res, fws, model, cfg, variables, ns, inner)
+    if model == "transformer" and not a.no_layernorm:
+      harness.log(f"[{time.time()-t_start:6.0f}s] layernorm fast vs exact")
+      harness.run_layernorm(res, fws, cfg, variables, *reps["layernorm"])
+    del variables
+    if model in COUNT_MODELS:
+      harness.run_python_counts(res, fws, model, cfg)
+  pipe = None
+  if not a.no_pipeline and "purify" in fws:
+    from bench import pipeline
+    harness.log(f"[{time.time()-t_start:6.0f}s] pass pipeline vs program size")
+    rows, exponent = pipeline.measure(pipeline.SIZES[mode], log=harness.log)
+    pipe = (rows, exponent)
+  env["wall_s"] = time.time() - t_start
+  env["load_end"] = os.getloadavg()
+  text = report.write(out, res, pipe, env, fws, models, mode, plots=not a.no_plots)
+  harness.log(f"[{env['wall_s']:6.0f}s] wrote {out}")
+  return res, text
+
+
+if __name__ == "__main__":
+  main()
