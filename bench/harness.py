@@ -119,6 +119,7 @@ class Results:
   def __init__(self):
     self.unavailable = {}      # (fw, model) -> reason
     self.params = {}           # (fw, model) -> count
+    self.out_shapes = {}       # (fw, model) -> output shape
     self.cold = {}             # (fw, model) -> [cold dicts without arrays]
     self.hlo = {}              # (fw, model) -> {"init","fwd","train"}
     self.steady = {}           # (fw, model) -> {"fwd": [s], "train": [s]}
@@ -151,6 +152,28 @@ def warm_up(fws):
       pass
 
 
+def check_parity(res, fws, models, cfg):
+  """Parameter counts and output shapes of every framework's model, by abstract
+  evaluation (tracing only, no XLA compile)."""
+  key = jax.random.PRNGKey(0)
+  for model in models:
+    x, _ = common.inputs(model, cfg)
+    for fw in fws:
+      impl = _try_build(res, fw, model, cfg)
+      if impl is None:
+        continue
+      try:
+        v = jax.eval_shape(impl.init, key, x)
+        out = jax.eval_shape(impl.fwd, v, x)
+      except Exception as e:
+        res.unavailable[(fw, model)] = f"n/a: {type(e).__name__}: {e}"[:200]
+        traceback.print_exc()
+        continue
+      res.params[(fw, model)] = impl.param_count(v)
+      res.out_shapes[(fw, model)] = tuple(out[0].shape if isinstance(out, tuple) else out.shape)
+      res.notes[fw] = impl.notes
+
+
 def run_cold(res, fws, model, cfg, repeats):
   """``repeats`` measured rounds (each with fresh model objects), frameworks interleaved
   with the order rotated per round; the first round also gives parameter counts,
@@ -173,6 +196,8 @@ def run_cold(res, fws, model, cfg, repeats):
         continue
       if r == 0:
         res.params[(fw, model)] = impl.param_count(out["variables"])
+        o = jax.eval_shape(impl.fwd, out["variables"], x)
+        res.out_shapes[(fw, model)] = tuple(o[0].shape if isinstance(o, tuple) else o.shape)
         res.hlo.setdefault((fw, model), {})["init"] = hlo_ops(out["init_hlo"])
         res.notes[fw] = impl.notes
         keep[fw] = out["variables"]

@@ -344,14 +344,18 @@ def write(out, res, pipe, env, fws, models, mode, plots=True):
            "- every Transformer row uses exact-variance LayerNorm (`jnp.var`), Flax's set "
            "with `use_fast_variance=False`; the LayerNorm section measures both.",
            ""]
-  lines += ["## Parameter counts (checked equal across frameworks)", ""]
+  lines += ["## Parameter counts and output shapes (checked equal across frameworks)", ""]
   ok_all = True
-  for m in models:
+  for m in harness.common.MODELS:
     counts = {fw: res.params[(fw, m)] for fw in fws if (fw, m) in res.params}
-    same = len(set(counts.values())) <= 1
+    if not counts:
+      continue
+    shapes = {res.out_shapes.get((fw, m)) for fw in counts}
+    same = len(set(counts.values())) == 1 and len(shapes) == 1
     ok_all &= same
     cs = ", ".join(f"{fw} {n:,}" for fw, n in counts.items())
-    lines.append(f"- {m}: {'equal' if same else 'DIFFERENT'} — {cs}")
+    lines.append(f"- {m}: {'equal' if same else 'DIFFERENT'} — {cs}; output "
+                 f"{' / '.join(str(s) for s in shapes)}")
   lines.append("")
   for m in models:
     lines += [f"## {m}: time to first result (ms)", ""] + cold_table(res, fws, m) + [""]

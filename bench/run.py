@@ -5,7 +5,9 @@ Run from the repository root:
 
     python bench/run.py            # full: writes bench/results/results.md, *.png, results.json
     python bench/run.py --quick    # full sizes, fewer repeats (a few minutes)
-    python bench/run.py --smoke --out /tmp/b   # tiny models, 1 repeat (the test suite's)
+    python bench/run.py --smoke --out /tmp/b   # the test suite's: parity (parameter
+        # counts, output shapes) of all tiny models by abstract evaluation; timings of
+        # the tiny MLP only, 1 repeat (XLA compiles dominate on a 2-core machine)
 
 Options: --frameworks purify,jax,haiku  --models mlp,transformer  --out DIR
 --no-plots --no-pipeline --no-layernorm.
@@ -56,7 +58,8 @@ def main(argv=None):
   cfg = common.CONFIGS[mode]
   fws = a.frameworks.split(",") if a.frameworks else (
       ["purify", "jax", "haiku"] if mode == "smoke" else list(harness.FRAMEWORKS))
-  models = a.models.split(",") if a.models else list(common.MODELS)
+  models = a.models.split(",") if a.models else (
+      ["mlp"] if mode == "smoke" else list(common.MODELS))
   out = pathlib.Path(a.out) if a.out else ROOT / "bench" / "results"
   out.mkdir(parents=True, exist_ok=True)
   reps = REPEATS[mode]
@@ -64,7 +67,10 @@ def main(argv=None):
   t_start = time.time()
   res = harness.Results()
   harness.log(f"bench: mode={mode} frameworks={fws} models={models} -> {out}")
-  if mode != "smoke":
+  if mode == "smoke":
+    # every model's parameter count and output shape, without compiling (cheap)
+    harness.check_parity(res, fws, common.MODELS, cfg)
+  else:
     harness.log("warm-up (tiny MLP per framework)")
     harness.warm_up(fws)
   for model in models:
