@@ -27,6 +27,7 @@ from purify.effects import (custom_creator, custom_getter, ParamContext, with_pa
 from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch, checkpoint, remat,
                             jit, grad, value_and_grad, jvp, vjp, eval_shape, lift, layer_stack,
                             ensemble, lift_with_state, LiftWithStateUpdater)
+from purify.custom_derivatives import custom_jvp, custom_vjp
 from purify.inspect import make_jaxpr, explain
 
 from purify import nn  # noqa: E402  (nn uses the API above)
@@ -38,5 +39,5 @@ __all__ = [
     "Module", "name_scope", "transform", "transform_with_state", "Transformed", "TransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
     "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
-    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "make_jaxpr", "explain", "nn",
+    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "nn",
 ]
