@@ -41,11 +41,14 @@ def fast_xla(request):
   (see purify.testing.fast_compiles); print how many programs ran at the end."""
   with checks.fast_compiles():
     yield
+  line = (f"purify.testing [{profiles.profile()}]: {len(checks.distinct)} distinct programs, "
+          f"{sum(checks.ran.values())} property checks {dict(checks.ran)}; "
+          f"transform kinds {dict(checks.kinds_seen)}")
   tr = request.config.pluginmanager.get_plugin("terminalreporter")
-  if tr is not None:
-    tr.write_line(f"\npurify.testing [{profiles.profile()}]: {len(checks.distinct)} distinct programs, "
-                  f"{sum(checks.ran.values())} property checks {dict(checks.ran)}; "
-                  f"transform kinds {dict(checks.kinds_seen)}")
+  cap = request.config.pluginmanager.get_plugin("capturemanager")
+  if tr is not None and cap is not None:
+    with cap.global_and_fixture_disabled():     # shown even when the tests pass
+      tr.write_line("\n" + line)
 
 
 @profiles.property_settings("reference")

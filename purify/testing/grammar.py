@@ -117,7 +117,8 @@ class Cond:
 
 @dataclasses.dataclass(frozen=True)
 class Wrap:
-  """A transform that runs its body once: "checkpoint", "jit", "grad" (of
+  """A transform that runs its body once: "checkpoint", "jit", "custom_jvp" (run
+  forward only), "grad" (of
   ``sin(h).sum()``; ``h += grad``), "eval_shape" (the body is only traced), "scope"
   (``purify.name_scope``)."""
   kind: str
@@ -349,6 +350,10 @@ def to_source(program: Program, name: str = "model") -> str:
       body_def(f, s.body, ind)
       if s.kind == "checkpoint":
         L(f"{ind}h, z = jax.checkpoint({f})(h, z)")
+      elif s.kind == "custom_jvp":     # forward only: the rule is never called
+        L(f"{ind}{f} = jax.custom_jvp({f})")
+        L(f"{ind}{f}.defjvp(lambda primals, tangents: ({f}(*primals), tangents))")
+        L(f"{ind}h, z = {f}(h, z)")
       elif s.kind == "jit":
         L(f"{ind}h, z = jax.jit({f})(h, z)")
       elif s.kind == "grad":
@@ -379,6 +384,7 @@ class Ctx:
   cond_under_vmap: bool = False
   in_eval_shape: bool = False
   loop_in_grad: bool = False  # inside a loop that is inside jax.grad
+  in_custom: bool = False     # inside a custom_jvp function
 
   @property
   def all_named(self):
@@ -386,12 +392,14 @@ class Ctx:
 
 
 ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint", "jit",
-                  "grad", "eval_shape", "scope")
+                  "grad", "eval_shape", "scope", "custom_jvp")
 
 # Excluded constructs (each with the reason; see docs/testing.md):
 #  * state written inside cond/switch under vmap: vmap turns the cond into a select and
 #    the write is not tracked per branch (documented sharp edge, docs/semantics.md);
 #  * while_loop under jax.grad: JAX cannot reverse-differentiate while_loop;
+#  * state inside custom_jvp: refused by design (PurifyError; an invalid program);
+#  * custom_jvp under jax.grad (the rule printed is a pass-through, not a derivative);
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
 #    loop semantics;
 #  * state inside eval_shape under vmap;
@@ -411,7 +419,7 @@ class _Budget:
 
 def _leaf(draw, ctx: Ctx, budget: _Budget):
   options = ["op", "draw", "param_mul", "counter", "accum", "param_matmul", "linear"]
-  state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps)
+  state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps) and not ctx.in_custom
   accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad)) and \
       not ctx.loop_in_grad
   if not state_ok:
@@ -453,7 +461,7 @@ def _block(draw, ctx, depth, budget, node_kinds):
 
 
 def _node(draw, ctx, depth, budget, node_kinds):
-  allowed = [k for k in node_kinds if not (k == "while" and ctx.in_grad)]
+  allowed = [k for k in node_kinds if not (k in ("while", "custom_jvp") and ctx.in_grad)]
   k = draw(st.sampled_from(allowed))
   sub = lambda c: _block(draw, c, depth, budget, node_kinds)  # noqa: E731
   if k in ("scan", "fori", "while") and ctx.in_grad:
@@ -479,6 +487,8 @@ def _node(draw, ctx, depth, budget, node_kinds):
     return Wrap("grad", sub(dataclasses.replace(ctx, in_grad=True)))
   if k == "eval_shape":
     return Wrap("eval_shape", sub(dataclasses.replace(ctx, in_eval_shape=True)))
+  if k == "custom_jvp":
+    return Wrap("custom_jvp", sub(dataclasses.replace(ctx, in_custom=True)))
   return Wrap(k, sub(ctx))
 
 
@@ -508,7 +518,7 @@ class Bad:
   unreduced state write inside vmap), "partial_pmean" (reduced over only the inner
   of two named axes), "param_shape" (a parameter redeclared with another shape),
   "state_dtype" (a state redeclared with another dtype), "param_axes" (purify.vmap
-  with param_axes=1)."""
+  with param_axes=1), "custom_rule_state" (set_state in a custom_jvp function)."""
   kind: str
   name: str = ""
 
@@ -517,7 +527,7 @@ class Bad:
     """The purify error class the program must raise."""
     return {"per_example_state": "PerExampleStateError", "partial_pmean": "PerExampleStateError",
             "param_shape": "ParamConflictError", "state_dtype": "ParamConflictError",
-            "param_axes": "PurifyError"}[self.kind]
+            "param_axes": "PurifyError", "custom_rule_state": "PurifyError"}[self.kind]
 
 
 def bad_source(bad: Bad, d: int, ind: str) -> list:
@@ -542,10 +552,18 @@ def bad_source(bad: Bad, d: int, ind: str) -> list:
             f'{ind}z = z + purify.get_state("bad", (), jnp.uint32, init=jnp.zeros)']
   if k == "param_axes":
     return [f'{ind}h = purify.vmap(lambda h: h, param_axes=1)(h[None]).mean(0)']
+  if k == "custom_rule_state":
+    return [f'{ind}@jax.custom_jvp',
+            f'{ind}def bad(h):',
+            f'{ind}  purify.set_state("bad", h)',
+            f'{ind}  return h',
+            f'{ind}bad.defjvp(lambda p, t: (bad(*p), t[0]))',
+            f'{ind}h = bad(h)']
   raise ValueError(k)
 
 
-BAD_KINDS = ("per_example_state", "partial_pmean", "param_shape", "state_dtype", "param_axes")
+BAD_KINDS = ("per_example_state", "partial_pmean", "param_shape", "state_dtype", "param_axes",
+             "custom_rule_state")
 
 
 @st.composite

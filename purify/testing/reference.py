@@ -168,7 +168,7 @@ class _Interp:
     if isinstance(s, g.Cond):
       return self.cond(s, lanes)
     if isinstance(s, g.Wrap):
-      if s.kind in ("checkpoint", "jit", "scope"):
+      if s.kind in ("checkpoint", "jit", "scope", "custom_jvp"):
         return self.block(s.body, lanes)
       if s.kind == "eval_shape":     # only traced: params/state exist, nothing runs
         return lanes
