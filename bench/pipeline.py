@@ -25,7 +25,7 @@ import purify  # noqa: E402
 from purify import keys, passes, trace  # noqa: E402
 
 # depth -> about 30 * depth + 8 equations
-SIZES = {"full": [(33, 3), (100, 3), (333, 3), (1000, 1), (3333, 1)],
+SIZES = {"full": [(33, 3), (100, 3), (333, 2), (1000, 1), (3333, 1)],
          "quick": [(33, 3), (100, 2), (333, 1)],
          "smoke": [(3, 1), (10, 1)]}
 
