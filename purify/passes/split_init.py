@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purify import _compat
+from purify import _context
 from purify import errors
 from purify import keys
 from purify.passes.base import Pass
@@ -51,24 +52,39 @@ def init_param(site, root, key=None, batch=None):
   if batch is not None:
     fn, member_keys = jax.vmap(fn), jax.vmap(member_keys)
   try:
-    value = fn(member_keys(key))
+    value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
+                       lambda: fn(member_keys(key)))
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
-  except errors.PurifyError:
+  return _checked(value, site, (batch,) if batch is not None else ())
+
+
+_SIGNATURES = {"parameter": "init(key, shape, dtype) -> Array, as in jax.nn.initializers",
+               "state": "init(shape, dtype) -> Array, as in Haiku (jnp.zeros works)"}
+
+
+def _call_init(what, site, call, thunk):
+  """Run an initializer; anything it raises becomes an error naming the site."""
+  try:
+    return jnp.asarray(thunk())
+  except (errors.PurifyError, jax.errors.UnexpectedTracerError):
     raise
   except Exception as e:
     raise errors.InitializerError(errors.INITIALIZER_FAILED.format(
-        what="parameter", path=site.path, site=site.site, call=f"init(key, {base_shape}, {site.dtype})",
-        sig="init(key, shape, dtype) -> Array, as in jax.nn.initializers",
+        what=what, path=site.path, site=site.site, call=call, sig=_SIGNATURES[what],
         err=f"{type(e).__name__}: {e}")) from e
-  value = jnp.asarray(value)
-  want = ((batch,) if batch is not None else ()) + tuple(site.shape)
-  if tuple(value.shape) != want:
-    got = tuple(value.shape)[1:] if batch is not None else tuple(value.shape)
-    raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
-        path=site.path, got_shape=got, got_dtype=value.dtype,
-        shape=site.shape, dtype=site.dtype, site=site.site))
+
+
+def _checked(value, site, lead=()):
+  """``value`` (with ``lead`` extra leading dims) must have the site's shape."""
+  if tuple(value.shape) != tuple(lead) + tuple(site.shape):
+    msg = errors.INITIALIZER_SHAPE.format(
+        path=site.path, got_shape=tuple(value.shape)[len(lead):], got_dtype=value.dtype,
+        shape=site.shape, dtype=site.dtype, site=site.site)
+    if isinstance(site, _context.StateSite):
+      msg = msg.replace("parameter", "state").replace("init(key, shape, dtype)", "init(shape, dtype)")
+    raise errors.InitializerError(msg)
   return value.astype(site.dtype)
 
 
@@ -86,24 +102,11 @@ def _blame_leaking_initializer(program, key):
 
 def _initial_state(st, root):
   init = st.init if st.init is not None else jnp.zeros
-  try:
-    if st.key_name is not None:       # lifted state: computed with its lift's key
-      value = jnp.asarray(init(keys.param_key(root, st.key_name), st.shape, st.dtype))
-    else:
-      value = jnp.asarray(init(st.shape, st.dtype))
-  except errors.PurifyError:
-    raise
-  except Exception as e:
-    raise errors.InitializerError(errors.INITIALIZER_FAILED.format(
-        what="state", path=st.path, site=st.site, call=f"init({st.shape}, {st.dtype})",
-        sig="init(shape, dtype) -> Array, as in Haiku (jnp.zeros works)",
-        err=f"{type(e).__name__}: {e}")) from e
-  if tuple(value.shape) != tuple(st.shape):
-    raise errors.InitializerError(errors.INITIALIZER_SHAPE.format(
-        path=st.path, got_shape=tuple(value.shape), got_dtype=value.dtype,
-        shape=st.shape, dtype=st.dtype, site=st.site).replace("parameter", "state").replace(
-            "init(key, shape, dtype)", "init(shape, dtype)"))
-  return value.astype(st.dtype)
+  if st.key_name is not None:       # lifted state: computed with its lift's key
+    thunk = lambda: init(keys.param_key(root, st.key_name), st.shape, st.dtype)  # noqa: E731
+  else:
+    thunk = lambda: init(st.shape, st.dtype)  # noqa: E731
+  return _checked(_call_init("state", st, f"init({st.shape}, {st.dtype})", thunk), st)
 
 
 @dataclasses.dataclass(frozen=True)
