@@ -420,3 +420,17 @@ def test_errors_match_haikus(make, shape, match):
   for lib, t in ((hk, hk.transform), (purify.nn, purify.transform)):
     with pytest.raises(ValueError, match=match):
       t(lambda x: make(lib)(x)).init(KEY, x)
+
+
+def test_pools_are_differentiable_under_jit():
+  """Regression (found by the bench): an ARRAY init value made reduce_window generic
+  under jax.jit, which has no derivative, so any ResNet train step failed."""
+  x = jnp.asarray(np.random.RandomState(0).randn(2, 6, 6, 3), jnp.float32)
+
+  def loss(w, pool):
+    return pool(x * w, (1, 3, 3, 1), (1, 2, 2, 1), "SAME").sum()
+
+  for pool in (purify.nn.max_pool, purify.nn.avg_pool):
+    g = jax.jit(jax.grad(loss), static_argnums=1)(jnp.float32(1.5), pool)
+    np.testing.assert_allclose(g, jax.grad(loss)(jnp.float32(1.5), pool), rtol=1e-5)
+    assert g != 0

@@ -50,12 +50,14 @@ def max_pool(value, window_shape: int | Sequence[int], strides: int | Sequence[i
   value = jnp.asarray(value)
   window = _infer_shape(value, window_shape, channel_axis)
   strides = _infer_shape(value, strides, channel_axis)
+  # A Python scalar init (as Haiku passes): under jax.jit an array init is a traced
+  # constant, and reduce_window then cannot see the max monoid and has no derivative.
   if jnp.issubdtype(value.dtype, jnp.integer):
-    init = jnp.array(jnp.iinfo(value.dtype).min, value.dtype)
+    init = int(jnp.iinfo(value.dtype).min)
   elif value.dtype == jnp.bool_:
-    init = jnp.array(False)
+    init = False
   else:
-    init = jnp.array(-jnp.inf, value.dtype)
+    init = -jnp.inf
   return lax.reduce_window(value, init, lax.max, window, strides, padding)
 
 
@@ -72,7 +74,7 @@ def avg_pool(value, window_shape: int | Sequence[int], strides: int | Sequence[i
   value = jnp.asarray(value)
   window = _infer_shape(value, window_shape, channel_axis)
   strides = _infer_shape(value, strides, channel_axis)
-  zero = jnp.array(0, value.dtype)
+  zero = 0                          # a Python scalar: see max_pool
   summed = lax.reduce_window(value, zero, lax.add, window, strides, padding)
   if padding == "VALID":
     return summed / np.prod(window)
