@@ -12,12 +12,13 @@ from typing import Any, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 import purify
 from purify.nn.conv import Conv2D
 from purify.nn.linear import Linear
 from purify.nn.norm import BatchNorm
-from purify.nn.pool import max_pool
 
 FloatStrOrBool = Union[str, float, bool]
 
@@ -29,6 +30,15 @@ def _bn_config(bn_config, **defaults):
   for k, v in defaults.items():
     config.setdefault(k, v)
   return config
+
+
+def _max_pool_3x3_stride_2(x):
+  """Haiku's ``max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")``. The initial value is a
+  concrete numpy scalar: JAX then emits ``reduce_window_max``, which has a derivative
+  (a traced ``jnp.array`` init gives the generic ``reduce_window``, which has none, so
+  ``jax.grad`` through a jitted/transformed model would fail)."""
+  init = np.array(-np.inf, x.dtype)
+  return lax.reduce_window(x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
 
 
 def _conv(channels, kernel, stride, name):
@@ -250,7 +260,7 @@ class ResNet(purify.Module):
     out = self.initial_conv(inputs)
     if not self.resnet_v2:
       out = jax.nn.relu(self.initial_batchnorm(out, is_training, test_local_stats))
-    out = max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+    out = _max_pool_3x3_stride_2(out)
     for group in self.block_groups:
       out = group(out, is_training, test_local_stats)
     if self.resnet_v2:
