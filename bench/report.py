@@ -429,7 +429,7 @@ purify against hand-written pure JAX, Haiku, Flax linen, Flax NNX and Equinox, m
 side by side in one run. Reproduce (Python 3.11, JAX 0.10.2):
 
     pip install -e . -r bench/requirements.txt
-    python bench/run.py            # about 20-30 minutes on a 2-core machine
+    python bench/run.py            # budgeted for ~30 min on an idle 2-core machine (far longer under load)
     python bench/run.py --quick    # full sizes, fewer repeats
     python bench/run.py --smoke --out /tmp/b   # what tests/test_bench_smoke.py runs
 
