@@ -25,11 +25,9 @@ FloatStrOrBool = Union[str, float, bool]
 _zeros = jax.nn.initializers.zeros
 
 
-def _bn_config(bn_config, **defaults):
-  config = dict(bn_config)
-  for k, v in defaults.items():
-    config.setdefault(k, v)
-  return config
+def _with_defaults(config, **defaults):
+  """A copy of ``config`` with ``defaults`` for the keys it lacks."""
+  return {**defaults, **dict(config)}
 
 
 def _max_pool_3x3_stride_2(x):
@@ -65,7 +63,7 @@ class BlockV1(purify.Module):
                name: str | None = None):
     super().__init__(name=name)
     self.use_projection = use_projection
-    bn_config = _bn_config(bn_config, create_scale=True, create_offset=True,
+    bn_config = _with_defaults(bn_config, create_scale=True, create_offset=True,
                            decay_rate=0.999)
     if use_projection:
       self.proj_conv = _conv(channels, 1, stride, "shortcut_conv")
@@ -113,7 +111,7 @@ class BlockV2(purify.Module):
                name: str | None = None):
     super().__init__(name=name)
     self.use_projection = use_projection
-    bn_config = _bn_config(bn_config, create_scale=True, create_offset=True)
+    bn_config = _with_defaults(bn_config, create_scale=True, create_offset=True)
     if use_projection:
       self.proj_conv = _conv(channels, 1, stride, "shortcut_conv")
     inner = channels // 4 if bottleneck else channels
@@ -233,13 +231,13 @@ class ResNet(purify.Module):
                strides: Sequence[int] = (1, 2, 2, 2)):
     super().__init__(name=name)
     self.resnet_v2 = resnet_v2
-    bn_config = _bn_config(bn_config or {}, decay_rate=0.9, eps=1e-5, create_scale=True,
+    bn_config = _with_defaults(bn_config or {}, decay_rate=0.9, eps=1e-5, create_scale=True,
                            create_offset=True)
-    logits_config = _bn_config(logits_config or {}, w_init=_zeros, name="logits")
+    logits_config = _with_defaults(logits_config or {}, w_init=_zeros, name="logits")
     _check_length(4, blocks_per_group, "blocks_per_group")
     _check_length(4, channels_per_group, "channels_per_group")
     _check_length(4, strides, "strides")
-    initial_conv_config = _bn_config(
+    initial_conv_config = _with_defaults(
         initial_conv_config or {}, output_channels=64, kernel_shape=7, stride=2,
         with_bias=False, padding="SAME", name="initial_conv")
 
