@@ -12,13 +12,12 @@ from typing import Any, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 import purify
 from purify.nn.conv import Conv2D
 from purify.nn.linear import Linear
 from purify.nn.norm import BatchNorm
+from purify.nn.pool import max_pool
 
 FloatStrOrBool = Union[str, float, bool]
 
@@ -28,15 +27,6 @@ _zeros = jax.nn.initializers.zeros
 def _with_defaults(config, **defaults):
   """A copy of ``config`` with ``defaults`` for the keys it lacks."""
   return {**defaults, **dict(config)}
-
-
-def _max_pool_3x3_stride_2(x):
-  """Haiku's ``max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")``. The initial value is a
-  concrete numpy scalar: JAX then emits ``reduce_window_max``, which has a derivative
-  (a traced ``jnp.array`` init gives the generic ``reduce_window``, which has none, so
-  ``jax.grad`` through a jitted/transformed model would fail)."""
-  init = np.array(-np.inf, x.dtype)
-  return lax.reduce_window(x, init, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
 
 
 def _conv(channels, kernel, stride, name):
@@ -258,7 +248,7 @@ class ResNet(purify.Module):
     out = self.initial_conv(inputs)
     if not self.resnet_v2:
       out = jax.nn.relu(self.initial_batchnorm(out, is_training, test_local_stats))
-    out = _max_pool_3x3_stride_2(out)
+    out = max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
     for group in self.block_groups:
       out = group(out, is_training, test_local_stats)
     if self.resnet_v2:
