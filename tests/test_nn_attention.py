@@ -16,14 +16,7 @@ ROOT = jax.random.PRNGKey(0)
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Compiles dominate: XLA's optimizations off for this module (no RNG bit changes),
-  restored afterwards."""
-  prev = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", prev)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def signature(params):

@@ -4,7 +4,7 @@ state loaded into purify give the same logits and the same new state (training,
 evaluation, test_local_stats), for ResNet-50, ResNet-18 and option variants.
 
 Compiles dominate: each model is compiled once per side (jit), XLA's optimizations
-are off for this module (``_fast_compiles``), trees are compared with jax.eval_shape.
+are off for this module (the ``fast_compiles`` fixture), trees are compared with jax.eval_shape.
 """
 import haiku as hk
 import jax
@@ -18,14 +18,7 @@ import purify.nn as pnn
 KEY = jax.random.PRNGKey(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Compiles are this file's cost; ~1.5x faster without XLA's optimizations (no bit of
-  the comparison depends on them: both sides are compiled the same way). Restored after."""
-  prev = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", prev)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def normal(seed, shape):

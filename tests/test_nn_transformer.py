@@ -23,13 +23,7 @@ ROOT = jax.random.PRNGKey(7)
 H, K, HIDDEN, D, T = 2, 4, 16, 8, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Compiles dominate; XLA's optimizations off makes them faster (restored after)."""
-  prev = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", prev)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 # ====================================================================== reference

@@ -56,13 +56,7 @@ TRANSFORMS = ("vmap", "scan", "while_loop", "cond", "eval_shape", "checkpoint", 
               "grad", "purify.vmap", "purify.scan")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """XLA compiles dominate; they are faster without XLA's optimizations (restored)."""
-  prev = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", prev)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 # ========================================================================== the zoo
@@ -366,7 +360,7 @@ def random_like(shapes, rs, positive=False):
 
 
 @pytest.fixture(scope="module")
-def ref(_fast_compiles):
+def ref(fast_compiles):
   """The reference model and its inputs. Params and state are random values of the
   trees ``S.init`` declares (``jax.eval_shape``: no init program is compiled; the
   values only need to be the same on both sides of each comparison)."""

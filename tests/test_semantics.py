@@ -19,7 +19,7 @@ Equality: RNG draws (``jax.random.bits`` / masks / key data), integers and boole
 are compared bitwise; floats with ``FLOAT_TOL`` (rtol 1e-6: purify runs one compiled
 program, the reference runs op by op, so the order of float operations may differ by
 an ulp); gradients with ``GRAD_TOL`` (rtol 1e-5). Shapes are tiny and XLA's
-optimizations are off for this module (``_fast_compiles``): compiles are the cost.
+optimizations are off for this module (the ``fast_compiles`` fixture): compiles are the cost.
 """
 from __future__ import annotations
 
@@ -36,15 +36,7 @@ GRAD_TOL = dict(rtol=1e-5, atol=1e-6)
 ROOT = jax.random.PRNGKey(42)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """XLA compiles dominate this file's time; they are ~1.5x faster without XLA's
-  optimizations, which change no RNG bit and no integer (floats keep their tolerance).
-  Restored afterwards, so other test files see JAX's default."""
-  prev = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", prev)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 # ============================================================================ helpers

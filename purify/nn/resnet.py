@@ -257,7 +257,23 @@ class ResNet(purify.Module):
     return self.logits(out)
 
 
-class ResNet18(ResNet):
+class _Preset(ResNet):
+  """A ResNet of depth ``DEPTH`` (``ResNet.CONFIGS[DEPTH]``), named after its class
+  (``res_net50``) as Haiku's presets are."""
+  DEPTH: int = 0
+
+  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
+               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
+               name: str | None = None,
+               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
+               strides: Sequence[int] = (1, 2, 2, 2)):
+    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
+                     logits_config=logits_config, name=name,
+                     initial_conv_config=initial_conv_config, strides=strides,
+                     **ResNet.CONFIGS[self.DEPTH])
+
+
+class ResNet18(_Preset):
   """ResNet-18 (``ResNet.CONFIGS[18]``); named ``res_net18`` by default, as in Haiku.
 
   Example::
@@ -265,19 +281,10 @@ class ResNet18(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet18(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[18])
+  DEPTH = 18
 
 
-class ResNet34(ResNet):
+class ResNet34(_Preset):
   """ResNet-34 (``ResNet.CONFIGS[34]``); named ``res_net34`` by default, as in Haiku.
 
   Example::
@@ -285,19 +292,10 @@ class ResNet34(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet34(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[34])
+  DEPTH = 34
 
 
-class ResNet50(ResNet):
+class ResNet50(_Preset):
   """ResNet-50 (``ResNet.CONFIGS[50]``); named ``res_net50`` by default, as in Haiku.
 
   Example::
@@ -305,19 +303,10 @@ class ResNet50(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet50(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[50])
+  DEPTH = 50
 
 
-class ResNet101(ResNet):
+class ResNet101(_Preset):
   """ResNet-101 (``ResNet.CONFIGS[101]``); named ``res_net101`` by default, as in Haiku.
 
   Example::
@@ -325,19 +314,10 @@ class ResNet101(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet101(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[101])
+  DEPTH = 101
 
 
-class ResNet152(ResNet):
+class ResNet152(_Preset):
   """ResNet-152 (``ResNet.CONFIGS[152]``); named ``res_net152`` by default, as in Haiku.
 
   Example::
@@ -345,19 +325,10 @@ class ResNet152(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet152(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[152])
+  DEPTH = 152
 
 
-class ResNet200(ResNet):
+class ResNet200(_Preset):
   """ResNet-200 (``ResNet.CONFIGS[200]``); named ``res_net200`` by default, as in Haiku.
 
   Example::
@@ -365,13 +336,4 @@ class ResNet200(ResNet):
       def f(x, is_training):                       # x: (batch, 224, 224, 3)
         return purify.nn.ResNet200(num_classes=1000)(x, is_training)
   """
-
-  def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
-               resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
-               name: str | None = None,
-               initial_conv_config: Mapping[str, FloatStrOrBool] | None = None,
-               strides: Sequence[int] = (1, 2, 2, 2)):
-    super().__init__(num_classes=num_classes, bn_config=bn_config, resnet_v2=resnet_v2,
-                     logits_config=logits_config, name=name,
-                     initial_conv_config=initial_conv_config, strides=strides,
-                     **ResNet.CONFIGS[200])
+  DEPTH = 200
