@@ -403,10 +403,17 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
 #    loop semantics;
 #  * state inside eval_shape under vmap;
-#  * CORE BUG (harness-1, /work/notes/core_bugs_harness.md): a float state written and
+#  * CORE BUG (harness-1, tests/known_core_bugs.md): a float state written and
 #    read again inside one jax.grad (an accumulator in a loop inside grad): purify's
 #    gradient does not flow through the state (get_state has a zero tangent), loop
 #    semantics says it does. Re-enable by dropping `loop_in_grad` from accum_ok.
+#  * CORE BUGS (harness-2, harness-3; found by the CI profile in session 2): ANY state
+#    (even an int counter) in a loop inside jax.grad — (2) a Counter in a purify.scan
+#    (param_axes=0) in a cond in grad raises "Zero(float0[]) is not a valid JAX type";
+#    (3) a Counter in a fori_loop in grad leaks a JaxprTrace tracer through
+#    JaxprTrace.effect_handles under jax.checking_leaks (purify's partial-eval rule for
+#    get_state). Shrunk programs in tests/known_core_bugs.md. Re-enable by
+#    dropping `loop_in_grad` from state_ok.
 
 
 @dataclasses.dataclass
@@ -419,7 +426,8 @@ class _Budget:
 
 def _leaf(draw, ctx: Ctx, budget: _Budget):
   options = ["op", "draw", "param_mul", "counter", "accum", "param_matmul", "linear"]
-  state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps) and not ctx.in_custom
+  state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps) and \
+      not ctx.in_custom and not ctx.loop_in_grad
   accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad)) and \
       not ctx.loop_in_grad
   if not state_ok:
