@@ -8,7 +8,6 @@ The defaults (scale ones, offset zeros) are Haiku's.
 from __future__ import annotations
 
 import collections.abc
-import re
 from typing import Sequence
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import purify
+from purify.nn.conv import get_channel_index  # noqa: F401  (re-exported by purify.nn)
 from purify.nn.moving_averages import ExponentialMovingAverage
 
 _ones = jax.nn.initializers.ones
@@ -43,26 +43,6 @@ def to_abs_axes(axis, ndim: int) -> tuple[int, ...]:
     if not -ndim <= a < ndim:
       raise ValueError(f"axis {a} is out of range for an input of rank {ndim}")
   return tuple(sorted({a % ndim for a in axis}))
-
-
-_CHANNELS_FIRST = re.compile(r"^NC[^C]*$")
-_CHANNELS_LAST = re.compile(r"^N[^C]*C$")
-
-
-def get_channel_index(data_format: str) -> int:
-  """Haiku's ``get_channel_index``: 1 for ``channels_first`` / ``NC...``, -1 for
-  ``channels_last`` / ``N...C``."""
-  if data_format == "channels_first":
-    return 1
-  if data_format == "channels_last":
-    return -1
-  if _CHANNELS_FIRST.match(data_format):
-    return 1
-  if _CHANNELS_LAST.match(data_format):
-    return -1
-  raise ValueError(f"Unable to extract channel information from '{data_format}'. Valid "
-                   "data formats are spatial (e.g.`NHWC`, `NCHW`), sequential (e.g. "
-                   "`BTHWD`), `channels_first` and `channels_last`).")
 
 
 def _param_shape(param_axis, inputs):
