@@ -29,6 +29,7 @@ from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch
                             ensemble, lift_with_state, LiftWithStateUpdater)
 from purify.custom_derivatives import custom_jvp, custom_vjp
 from purify.inspect import make_jaxpr, explain
+from purify import ad_state  # noqa: F401  (installs the autodiff rule for state)
 
 from purify import nn  # noqa: E402  (nn uses the API above)
 

@@ -235,3 +235,54 @@ def while_predicate_batched(axis_data, dims, params) -> bool:
   _, (pred,) = _batching.batch_jaxpr(params["cond_jaxpr"], axis_data, cconst + carry,
                                      instantiate=False)
   return bool(pred)
+
+
+# ----------------------------------------------------------------------------- autodiff traces
+from jax._src.interpreters import ad as _ad  # noqa: E402
+
+set_current_trace = _core.set_current_trace
+typeof = _core.typeof
+eval_jaxpr = _core.eval_jaxpr
+
+
+def hook_ad_traces(hook) -> None:
+  """Route ``process_primitive`` of JAX's JVP and linearize traces through
+  ``hook(trace, primitive, tracers, params, original)``. Installed once, at import;
+  ``hook`` must fall back to ``original(trace, primitive, tracers, params)`` fast
+  for everything it does not handle (it sees every primitive under autodiff)."""
+  for cls in (_ad.JVPTrace, _ad.LinearizeTrace):
+    original = cls.process_primitive
+    if getattr(original, "__purify_hook__", False):
+      continue
+
+    def process_primitive(self, primitive, tracers, params, /, _original=original):
+      return hook(self, primitive, tracers, params, _original)
+
+    process_primitive.__purify_hook__ = True
+    process_primitive.__wrapped__ = original
+    cls.process_primitive = process_primitive
+
+
+def ad_split(trace, value):
+  """``(primal, tangent)`` of ``value`` on JVP/linearize ``trace`` (tangent ``None``
+  when it is a symbolic zero). Neither part references ``trace`` itself."""
+  primal, tangent = trace.to_primal_tangent_pair(value)
+  return primal, (None if type(tangent) is _ad.Zero else tangent)
+
+
+def ad_join(trace, primal, tangent):
+  """The value of ``trace`` with this primal and tangent (inverse of ``ad_split``)."""
+  if tangent is None:
+    return primal
+  if isinstance(trace, _ad.LinearizeTrace):
+    return _ad.LinearizeTracer(trace, primal, tangent)
+  return _ad.JVPTracer(trace, primal, tangent)
+
+
+def trace_scratch(trace) -> dict:
+  """A dict that lives exactly as long as ``trace`` (stored on the trace object, so
+  tracers kept in it die with their trace and are never reported as leaked)."""
+  d = trace.__dict__.get("_purify_scratch")
+  if d is None:
+    d = trace.__dict__["_purify_scratch"] = {}
+  return d

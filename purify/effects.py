@@ -18,9 +18,10 @@ vmap leaves no trace in a jaxpr):
     so JAX's partial evaluation keeps them inside the loop (else one draw would serve
     every iteration).
 
-Sharp edges: state written inside a ``cond`` whose predicate is batched by vmap with
-a value that does not depend on the branch operands is not detected as per-example
-(both branches' writes run); see docs/semantics.md.
+  * ``set_state`` inside a cond/switch/while whose predicate vmap makes per-example:
+    ``PerExampleStateError`` (the wrapped batching rules below).
+  * under jax.grad/jvp taken in the model, state is made explicit where JAX
+    differentiates through it: see ``purify.ad_state``.
 """
 from __future__ import annotations
 

@@ -94,11 +94,10 @@ def test_passes_are_idempotent(program, seed):
 
 
 def leak_programs():
-  """Programs without jax.grad: under jax.checking_leaks, JAX's partial evaluation of
-  purify effects inside grad is reported as leaking a JaxprTrace tracer through
-  JaxprTrace.effect_handles (core bug harness-4, tests/known_core_bugs.md)."""
-  kinds = tuple(k for k in grammar.ALL_NODE_KINDS if k != "grad")
-  return grammar.programs(max_leaves=TRACE[0], max_rng=TRACE[1], node_kinds=kinds)
+  """Programs JAX's leak checker can judge: not those with a parameter or draw in
+  control flow inside jax.grad, where it reports a false leak (see
+  ``test_jax_leak_checker_false_positive_canary``)."""
+  return trace_programs().filter(lambda p: not grammar.effects_in_control_flow_under_grad(p))
 
 
 @profiles.property_settings("leaks")
@@ -165,3 +164,19 @@ def test_check_model_catches_a_model_that_is_not_a_function_of_its_inputs():
   with pytest.raises(checks.ModelCheckError, match="vmap"):
     purify.testing.check_model(purify.transform(leaky), jnp.ones((1, 3)), max_examples=1,
                                checks=("vmap",))
+
+
+def test_jax_leak_checker_false_positive_canary():
+  """Plain JAX, no purify: an effect in a fori_loop under jax.grad is reported as a
+  leaked JaxprTrace tracer (held by JaxprTrace.effect_handles while the trace is
+  still in use). The leak property leaves such programs out (``leak_programs``);
+  when this stops raising, JAX has fixed it: drop that filter."""
+  def f(h):
+    def body(i, c):
+      jax.debug.print("{}", c)
+      return c * 2.
+    return jnp.sin(jax.lax.fori_loop(0, 1, body, h)).sum()
+
+  with pytest.raises(Exception, match="Leaked trace JaxprTrace"):
+    with jax.checking_leaks():
+      jax.make_jaxpr(jax.grad(f))(1.)

@@ -3,10 +3,8 @@ programs for the corners of loop semantics that random generation reaches rarely
 
 Each runs the program checks of ``purify.testing`` that the property tests run least
 often per program (reference interpreter, vmap of apply, pipeline, idempotence, eval_shape).
-Bugs the harness found in purify's core are in ``KNOWN_CORE_BUGS`` below (not run:
-the construct is excluded from generation, with a comment in
-``purify.testing.grammar``); once the core is fixed, move the program into
-``PROGRAMS`` and drop the exclusion.
+A core bug the harness finds is written up in tests/known_core_bugs.md, its construct
+excluded from generation until fixed, and its shrunk program kept here once it is.
 """
 from __future__ import annotations
 
@@ -14,7 +12,8 @@ import pytest
 
 from purify.testing import checks
 from purify.testing.grammar import (Accum, Block, Cond, Counter, Draw, Fori, Op, Param, Program,
-                                    Scan, Vmap, While, Wrap, finalize)
+                                    Scan, Vmap, While, Wrap, effects_in_control_flow_under_grad,
+                                    finalize)
 
 
 def B(*stmts):
@@ -44,14 +43,20 @@ PROGRAMS = {
         Wrap("checkpoint", B(Wrap("jit", B(
             Vmap(2, False, "stack", B(Param("linear"), Wrap("eval_shape", B(Param("mul"))),
                                       Draw("uniform"))))))))),
-}
-
-
-KNOWN_CORE_BUGS = {
-    # harness-1: a state accumulator in a scan inside jax.grad; purify drops the
-    # gradient through the state (get_state has a zero tangent under grad)
+    # harness-1: a state accumulator in a scan inside jax.grad (the gradient flows
+    # through the state: purify/ad_state.py)
     "harness-1_grad_through_state_in_scan": Program(2, B(
-        Wrap("grad", B(Scan(2, False, 1, "jax", B(Accum()))))))
+        Wrap("grad", B(Scan(2, False, 1, "jax", B(Accum())))))),
+    # harness-2: a counter in a purify.scan(param_axes=0) in a cond in grad
+    "harness-2_counter_in_stacked_scan_in_cond_in_grad": Program(3, B(
+        Counter(), Wrap("grad", B(Param("linear"), Param("matmul"), Cond((
+            B(Scan(2, True, 1, "stack", B(Draw("bernoulli"), Op("sin"), Param("mul"))),
+              Op("tanh"), Scan(3, False, 1, "stack", B(Op("lcg"), Counter()))),
+            B(Accum(),), B(Accum(),))))))),
+    # harness-3: a counter in a fori_loop in grad
+    "harness-3_counter_in_fori_in_grad": Program(3, B(
+        Counter(), Wrap("grad", B(Param("linear"), Op("mix"), Fori(0, 1, B(Counter(), Op("mix"))))),
+        Scan(1, True, 1, "jax", B(Param("matmul"))))),
 }
 
 
@@ -63,5 +68,7 @@ def fast_xla():
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_fixed_program_passes_every_check(name):
-  checks.check_program(finalize(PROGRAMS[name]), seed=3,
-                       checks=("reference", "vmap", "pipeline", "idempotent", "eval_shape"))
+  program = finalize(PROGRAMS[name])
+  extra = () if effects_in_control_flow_under_grad(program) else ("leaks",)
+  checks.check_program(program, seed=3,
+                       checks=("reference", "vmap", "pipeline", "idempotent", "eval_shape") + extra)

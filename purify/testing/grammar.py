@@ -172,6 +172,28 @@ def children(s):
   return ()
 
 
+_CONTROL_FLOW = (Scan, Fori, While, Cond)
+
+
+def effects_in_control_flow_under_grad(program: Program) -> bool:
+  """Whether a parameter or draw sits in a loop/cond/jit/checkpoint inside a
+  ``jax.grad``. JAX's leak checker reports a false leak for such programs: its
+  partial evaluation keeps an effectful equation in ``JaxprTrace.effect_handles``
+  while the trace is still in use (plain JAX does the same with ``jax.debug.print``
+  in a ``fori_loop`` under ``jax.grad``; tests/test_harness.py keeps a canary)."""
+  def visit(block, in_grad, in_cf):
+    for s in block.stmts:
+      if isinstance(s, (Param, Draw)) and in_grad and in_cf:
+        return True
+      grad = in_grad or (isinstance(s, Wrap) and s.kind == "grad")
+      cf = in_cf or (in_grad and (isinstance(s, _CONTROL_FLOW) or
+                                  (isinstance(s, Wrap) and s.kind in ("jit", "checkpoint"))))
+      if any(visit(b, grad, cf) for b in children(s)):
+        return True
+    return False
+  return visit(program.body, False, False)
+
+
 def kinds(program: Program) -> set:
   return {kind_of(s) for s in walk(program.body) if isinstance(s, NODE_TYPES)}
 
@@ -395,25 +417,15 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
                   "grad", "eval_shape", "scope", "custom_jvp")
 
 # Excluded constructs (each with the reason; see docs/testing.md):
-#  * state written inside cond/switch under vmap: vmap turns the cond into a select and
-#    the write is not tracked per branch (documented sharp edge, docs/semantics.md);
+#  * state inside cond/switch under vmap: with a per-example predicate purify refuses
+#    it (PerExampleStateError, an invalid program; the grammar cannot tell which
+#    predicates will be per-example);
 #  * while_loop under jax.grad: JAX cannot reverse-differentiate while_loop;
 #  * state inside custom_jvp: refused by design (PurifyError; an invalid program);
 #  * custom_jvp under jax.grad (the rule printed is a pass-through, not a derivative);
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
 #    loop semantics;
 #  * state inside eval_shape under vmap;
-#  * CORE BUG (harness-1, tests/known_core_bugs.md): a float state written and
-#    read again inside one jax.grad (an accumulator in a loop inside grad): purify's
-#    gradient does not flow through the state (get_state has a zero tangent), loop
-#    semantics says it does. Re-enable by dropping `loop_in_grad` from accum_ok.
-#  * CORE BUGS (harness-2, harness-3; found by the CI profile in session 2): ANY state
-#    (even an int counter) in a loop inside jax.grad — (2) a Counter in a purify.scan
-#    (param_axes=0) in a cond in grad raises "Zero(float0[]) is not a valid JAX type";
-#    (3) a Counter in a fori_loop in grad leaks a JaxprTrace tracer through
-#    JaxprTrace.effect_handles under jax.checking_leaks (purify's partial-eval rule for
-#    get_state). Shrunk programs in tests/known_core_bugs.md. Re-enable by
-#    dropping `loop_in_grad` from state_ok.
 
 
 @dataclasses.dataclass
@@ -427,9 +439,8 @@ class _Budget:
 def _leaf(draw, ctx: Ctx, budget: _Budget):
   options = ["op", "draw", "param_mul", "counter", "accum", "param_matmul", "linear"]
   state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps) and \
-      not ctx.in_custom and not ctx.loop_in_grad
-  accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad)) and \
-      not ctx.loop_in_grad
+      not ctx.in_custom
+  accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad))
   if not state_ok:
     options.remove("counter")
   if not accum_ok:

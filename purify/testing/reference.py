@@ -286,7 +286,10 @@ class _Interp:
       self.state = dict(saved)
       res = self.block(s.body, [rep(ln, h=h) for ln, h in zip(lanes, hs)])
       total = sum(jnp.sin(r.h).sum() for r in res)
-      return total, ([r.z for r in res], self.state)
+      # hand the state out as aux only: the interpreter must not hold this
+      # differentiation's tracers once it ends
+      written, self.state = self.state, saved
+      return total, ([r.z for r in res], written)
 
     gs, (zs, state) = jax.grad(loss, has_aux=True)([ln.h for ln in lanes])
     self.state = dict(state)
