@@ -279,6 +279,20 @@ def ad_join(trace, primal, tangent):
   return _ad.JVPTracer(trace, primal, tangent)
 
 
+def current_trace():
+  return _core.trace_ctx.trace
+
+
+def staging_trace():
+  """The innermost trace that stages a jaxpr (make_jaxpr, jit, a scan body...) under
+  the current one — following ``parent_trace`` through vmap/JVP/linearize/partial-eval
+  traces; None when the chain ends elsewhere."""
+  t = _core.trace_ctx.trace
+  while t is not None and not isinstance(t, _pe.DynamicJaxprTrace):
+    t = getattr(t, "parent_trace", None)
+  return t
+
+
 def trace_scratch(trace) -> dict:
   """A dict that lives exactly as long as ``trace`` (stored on the trace object, so
   tracers kept in it die with their trace and are never reported as leaked)."""

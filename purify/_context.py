@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import os
 import threading
+import weakref
 import sys
 from typing import Any, Callable
 
@@ -113,9 +114,24 @@ class Frame:
     self.replay = None           # {(module, name): value}: a replay frame (see replay_frame)
     self.lifting = 0
     self.events = 0
+    self.top_trace = None        # the trace of the user's function itself (set by trace)
+    self._bumped = weakref.WeakSet()   # staging traces that already changed the scope
 
   # -- scope key for JAX's trace caches
   def bump(self) -> None:
+    """Called on every effect (and module creation): make sure a trace JAX may cache
+    and replay (a jit, scan body, checkpoint... being traced now) is never replayed in
+    this frame, by changing the scope value JAX keys its caches by. One change per
+    such trace is enough — it keyed its cache entry when it started — and effects of
+    the user's function's own trace need none (nothing replays it), so JAX's helpers
+    called between effects keep hitting their caches."""
+    staging = _compat.staging_trace()
+    if staging is not None:
+      if staging is self.top_trace:
+        return
+      if staging in self._bumped:
+        return
+      self._bumped.add(staging)
     self.events += 1
     _compat.swap_scope(_SCOPE, (self.id, self.events))
 

@@ -135,6 +135,7 @@ def trace(f, sig: Signature, key_aval, *, name="model"):
   out_info = []
 
   def fn(*dyn):
+    frame.top_trace = _compat.staging_trace()
     args, kwargs = unflatten_args(sig, dyn)
     out = f(*args, **kwargs)
     leaves, treedef = jax.tree_util.tree_flatten(out)
@@ -146,11 +147,15 @@ def trace(f, sig: Signature, key_aval, *, name="model"):
       else:
         static.append((i, leaf))
     out_info.append(OutInfo(treedef, tuple(idx), tuple(static)))
+    frame.top_trace = None
     return arrays
 
   avals = [jax.ShapeDtypeStruct(shape, dtype, weak_type=weak) for _, shape, dtype, weak in sig.dynamic]
   with _context.frame_scope(frame):
-    cj = jax.make_jaxpr(fn)(*avals)
+    try:
+      cj = jax.make_jaxpr(fn)(*avals)
+    finally:
+      frame.top_trace = None         # the frame must not keep the trace alive
   n_out = len(_compat.open_of(cj).outvars)
   program = Program(
       jaxpr=cj,
