@@ -661,6 +661,34 @@ def test_one_scan_body_used_in_two_scans_creates_two_modules_and_two_key_sites()
   assert not np.array_equal(k1, k2)
 
 
+_pure_helper_traces = []
+
+
+@jax.jit
+def _pure_helper(x):
+  _pure_helper_traces.append(1)
+  return jnp.tanh(x) * 2.
+
+
+def test_a_pure_jitted_helper_between_effects_is_traced_once_per_trace_context():
+  """Effects change JAX's cache scope only inside nested traces (once each), so a
+  helper without effects keeps hitting JAX's cache between the model's effects."""
+  def model(x):
+    for i in range(4):
+      x = _pure_helper(x * purify.param(f"w{i}", (3,), init=normal_init))
+    def body(c, _):
+      c = _pure_helper(c * purify.param("v", (3,), init=normal_init))
+      c = _pure_helper(c + jax.random.normal(purify.next_rng_key(), (3,)))
+      return _pure_helper(c), None
+    return jax.lax.scan(body, x, None, length=2)[0]
+
+  _pure_helper_traces.clear()
+  purify.make_jaxpr(model)(X3)
+  # once at the top level, once in the scan body (whose first effect, before the
+  # helper's first call there, changed the scope once); before: once per effect
+  assert len(_pure_helper_traces) == 2, len(_pure_helper_traces)
+
+
 # ============================================================================ keys
 class A(purify.Module):
   def __init__(self, extra: bool, name=None):
