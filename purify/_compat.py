@@ -120,8 +120,11 @@ def consts_of(j):
   return list(j.consts) if hasattr(j, "consts") else []
 
 
+JAXPR_TYPES = (jcore.Jaxpr, jcore.ClosedJaxpr)
+
+
 def is_jaxpr(x) -> bool:
-  return isinstance(x, (jcore.Jaxpr, jcore.ClosedJaxpr))
+  return isinstance(x, JAXPR_TYPES)
 
 
 def replace_jaxpr(j, **kw):

@@ -38,13 +38,21 @@ def assemble_top(program, t, rw, worker, *, in_channels, out_channels, first_val
 
 
 def iter_eqns(jaxpr):
-  """Every equation of ``jaxpr`` and of its sub-jaxprs, recursively."""
-  for e in _compat.open_of(jaxpr).eqns:
-    yield e
-    for v in e.params.values():
-      for s in (v if isinstance(v, tuple) else (v,)):
-        if _compat.is_jaxpr(s):
-          yield from iter_eqns(s)
+  """Every equation of ``jaxpr`` and of its sub-jaxprs, recursively (a list, in no
+  particular order; iterative — these walks run on every program)."""
+  out = []
+  kinds, open_of = _compat.JAXPR_TYPES, _compat.open_of
+  stack = [open_of(jaxpr)]
+  while stack:
+    eqns = stack.pop().eqns
+    out.extend(eqns)
+    for e in eqns:
+      for v in e.params.values():
+        if isinstance(v, kinds):
+          stack.append(open_of(v))
+        elif type(v) is tuple and v and isinstance(v[0], kinds):   # cond's branches
+          stack.extend(open_of(x) for x in v)
+  return out
 
 
 def no_effect_postcondition(program, effect_types, prims, pass_name):

@@ -30,7 +30,8 @@ def init_group(sites, group_keys):
   if len(sites) == 1:
     return [init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))]
   values = init_param(sites[0], None, key=group_keys, batch=len(sites))
-  return [values[i] for i in range(len(sites))]
+  # lax, not ``values[i]``: jnp indexing costs ~50x more to trace
+  return [jax.lax.index_in_dim(values, i, keepdims=False) for i in range(len(sites))]
 
 
 def param_keys_fn(root, sites):
