@@ -4,8 +4,9 @@ vmap (named axis / unnamed axis) and lax.scan.
 
 The one known difference is the initial ``average`` of a moving average (and so of
 BatchNorm's ``mean_ema``/``var_ema``): zeros in purify, the first value written in
-Haiku (purify must declare it with get_state to carry it through loops; see
-/work/notes/core_bugs_layers.md, layers-1). The step tests therefore run each library
+Haiku (purify must declare it with get_state: a state first created by set_state is
+refused inside scan/while/cond/jit, where these layers must work too, and a layer
+cannot tell where it runs). The step tests therefore run each library
 from ITS OWN init state (and purify once more from Haiku's) and require equal outputs
 and states after every step, from the first training step on."""
 import warnings
