@@ -247,6 +247,35 @@ def _check_rng_in_while_body(init, apply):
   assert np.all(draws > 0)                              # something was drawn
 
 
+# 7. a layer stack: purify.scan(param_axes=0) ----------------------------------------
+def stacked_scan(x):                                     # x: (3,)
+  def layer(h, _):
+    w = purify.param("w", (3, 3), init=jax.nn.initializers.normal(1.0))
+    b = purify.param("b", (3,), init=zeros)
+    return jnp.tanh(h @ w + b), h.sum()
+  return purify.scan(layer, x, None, length=2, param_axes=0, reverse=True)
+
+
+def _check_stacked_scan(init, apply):
+  x = jnp.array([0.3, -0.2, 0.1])
+  params = init(ROOT, x)
+  normal = jax.nn.initializers.normal(1.0)
+  want_w = jnp.stack([normal(jax.random.fold_in(ref_param_key(ROOT, "~/w"), np.uint32(i)),
+                             (3, 3), jnp.float32) for i in range(2)])
+  assert_close(params, {"~": {"w": want_w, "b": jnp.zeros((2, 3))}}, rtol=0, atol=0)
+  p = {"~": {"w": jnp.arange(18.).reshape(2, 3, 3) / 20, "b": jnp.array([[.1, .2, .3], [-.1, 0, .1]])}}
+
+  def ref(p):
+    h, ys = x, [None, None]
+    for i in (1, 0):                                     # reverse: position order
+      ys[i] = h.sum()
+      h = jnp.tanh(h @ p["~"]["w"][i] + p["~"]["b"][i])
+    return h, jnp.stack(ys)
+  assert_close(apply(p, None, x), ref(p))
+  assert_close(jax.grad(lambda p: apply(p, None, x)[0].sum())(p),
+               jax.grad(lambda p: ref(p)[0].sum())(p))
+
+
 CASES = [
     Case("param_in_jnp_ops", param_in_jnp_ops, (jnp.zeros(2),), False,
          _check_param_in_jnp_ops, frozenset({"param"})),
@@ -260,6 +289,8 @@ CASES = [
          _check_param_in_jit_and_checkpoint, frozenset({"param"}), hops=("jit", "checkpoint")),
     Case("rng_in_while_body", rng_in_while_body, (jnp.zeros(2),), False,
          _check_rng_in_while_body, frozenset({"rng"}), hops=("while",)),
+    Case("stacked_scan", stacked_scan, (jnp.zeros(3),), False,
+         _check_stacked_scan, frozenset({"param"}), hops=("scan",)),
 ]
 CASE_IDS = [c.name for c in CASES]
 PASS_NAMES = passes_lib.default_pipeline().names

@@ -5,12 +5,13 @@ from purify.passes.thread_rng import ThreadRng
 from purify.passes.thread_state import ThreadState
 from purify.passes.group_init import GroupInit
 from purify.passes.split_init import SplitInit
+from purify.passes.stacks_as_xs import StacksAsXs
 from purify.passes.dce import DeadCodeElimination
 from purify.passes.verify_pure import VerifyPure
 from purify.passes._thread import HOP_RULES, register_hop_rule
 
 DEFAULT_PASSES = (HoistParams(), ThreadRng(), ThreadState(), GroupInit(), SplitInit(),
-                  DeadCodeElimination(), VerifyPure())
+                  StacksAsXs(), DeadCodeElimination(), VerifyPure())
 
 
 def default_pipeline() -> Pipeline:
