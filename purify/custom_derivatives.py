@@ -104,6 +104,7 @@ class _Snapshot:
                    for s in frame.module_stack]
     self.rng_counts = dict(frame.rng_counts)
     self.states: dict = {}        # (module, name) -> StateSite (unstacked, as the function sees it)
+    self.creators, self.getters = list(frame.creators), list(frame.getters)
 
   def apply_naming(self, r):
     r.module_counts = dict(self.module_counts)
@@ -115,6 +116,7 @@ class _Snapshot:
     r = _context.Frame(self.key_aval)
     self.apply_naming(r)
     r.states = {k: dataclasses.replace(st) for k, st in self.states.items()}
+    r.creators, r.getters = list(self.creators), list(self.getters)
     r.purify_custom = (owner, self)     # marks a replay of ``owner`` (see _Base.fun)
     return r
 
@@ -190,11 +192,14 @@ def _read_implicit(frame, kind, fun, args):
   """(snapshot, params, state, keys) for a call of ``fun`` at this point of the model."""
   snap = _Snapshot(frame)
   found = _discover(frame, kind, fun, args)
-  tree: dict = {}
+  # a parameter's value as stored (slice under param_axes, with_params applied): the
+  # replays run the interceptors (custom_creator/getter) active here themselves
+  params = {}
   for m, n in found.params:
-    tree.setdefault(m, {})[n] = None
-  got = effects.get_params(tree) if tree else {}
-  params = {(m, n): got[m][n] for m, n in found.params}
+    site = frame.params[(m, n)]
+    n_stack = len(frame.stack_for(site.path))
+    params[(m, n)] = effects._declare_param(frame, m, n, site.shape[n_stack:], site.dtype,
+                                            site.init)
   state = {}
   for m, n in found.states:
     st = frame.states[(m, n)]

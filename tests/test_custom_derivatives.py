@@ -116,6 +116,26 @@ def test_custom_jvp_params_get_the_true_tangent_arguments_the_rule():
   np.testing.assert_allclose(tan, jax.grad(ref)(2.0, X), **TOL)
 
 
+def test_interceptors_apply_in_the_function_and_its_rules_as_in_a_plain_call():
+  # mixed precision (docs/drop_ins.md): stored in float32, computed in bfloat16
+  f32_storage = lambda next_creator, shape, dtype, init, ctx: next_creator(shape, jnp.float32, init)  # noqa: E731
+  bf16 = lambda next_getter, value, ctx: next_getter(value.astype(jnp.bfloat16))  # noqa: E731
+
+  def model(x):
+    with purify.custom_creator(f32_storage), purify.custom_getter(bf16):
+      return layer(x)
+  t = purify.transform(model)
+  xb = X.astype(jnp.bfloat16)
+  p = t.init(ROOT, xb)
+  assert p["linear"]["w"].dtype == jnp.float32
+  ref = lambda p, x: ref_layer(jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), p), x)  # noqa: E731
+  out = t.apply(p, None, xb)
+  assert out.dtype == jnp.bfloat16
+  close(out, ref(p, xb))
+  close(jax.grad(lambda p: t.apply(p, None, xb).astype(jnp.float32).sum())(p),
+        jax.grad(lambda p: ref(p, xb).astype(jnp.float32).sum())(p))
+
+
 # ============================================================================ keys
 def _w(x):
   return purify.param("w", x.shape[-1:], init=jax.nn.initializers.constant(1.5))
