@@ -136,6 +136,37 @@ def test_interceptors_apply_in_the_function_and_its_rules_as_in_a_plain_call():
         jax.grad(lambda p: ref(p, xb).astype(jnp.float32).sum())(p))
 
 
+def test_maml_through_a_custom_function_second_order():
+  # purify.grad(params=True) + with_params (docs/drop_ins.md) with the loss through a
+  # custom_vjp: the outer gradient flows through the inner update
+  def maml(x, y):
+    net = purify.nn.Linear(1)
+    f = purify.custom_vjp(lambda x: jnp.tanh(net(x)))
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (jnp.zeros_like(x),))   # inputs: no gradient
+    loss = lambda: jnp.mean((f(x) - y) ** 2)  # noqa: E731
+    g = purify.grad(loss, params=True)()
+    with purify.with_params(jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, purify.get_params(g), g)):
+      return loss()
+  y = jnp.ones((2, 1))
+  t = purify.transform(maml)
+  p = t.init(ROOT, X, y)
+
+  raw = lambda p, x: jnp.tanh(x @ p["linear"]["w"] + p["linear"]["b"])  # noqa: E731
+  ref_f = jax.custom_vjp(raw)              # params explicit: their cotangent is JAX's
+
+  def ref_bwd(res, g):
+    p, x = res
+    return jax.vjp(lambda p: raw(p, x), p)[1](g)[0], jnp.zeros_like(x)
+  ref_f.defvjp(lambda p, x: (ref_f(p, x), (p, x)), ref_bwd)
+
+  def ref(p, x):
+    loss = lambda p: jnp.mean((ref_f(p, x) - y) ** 2)  # noqa: E731
+    return loss(jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, p, jax.grad(loss)(p)))
+  check_all = value_and_grads(lambda p, x: t.apply(p, None, x, y), p, X)
+  close(check_all, value_and_grads(ref, p, X))
+  assert float(jnp.abs(check_all[1][1]).sum()) > 0     # x reaches the loss through the update
+
+
 # ============================================================================ keys
 def _w(x):
   return purify.param("w", x.shape[-1:], init=jax.nn.initializers.constant(1.5))
