@@ -553,7 +553,11 @@ def get_state(name: str, shape=None, dtype=jnp.float32, init: Callable | None = 
     raise errors.CustomRuleEffectError(errors.REPLAY_EFFECT.format(effect=f"get_state({name!r})"))
   shape = None if shape is None else _norm_shape(shape, "get_state", name)
   dtype = jnp.dtype(dtype)
-  st = _state_site(frame, "get_state", name, shape, dtype, init or jnp.zeros)
+  exists = (frame.module_path(), name) in frame.states
+  # the default initializer applies to a state created here, not to one that
+  # set_state created (its initial value stays the first value written)
+  st = _state_site(frame, "get_state", name, shape, dtype,
+                   init if exists else (init or jnp.zeros))
   frame.bump()
   value = get_state_p.bind(module=st.module, name=name, shape=st.shape, dtype=st.dtype)
   for _, index, _ in frame.state_stack:

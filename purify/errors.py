@@ -164,11 +164,6 @@ RNG_IN_WHILE_COND = """\
 purify.next_rng_key() is called inside the condition function of a while_loop
 (site {site!r}). Draw the key in the body and carry what you need."""
 
-STATE_FIRST_WRITTEN_IN_LOOP = """\
-State {path!r} is first created by set_state inside {prim!r}; its initial value is
-then undefined. Create it before the loop with
-purify.get_state({name!r}, shape, dtype, init=...)."""
-
 MODULE_NAME_TAKEN = (
     "Module name {name!r} ({cls}, created at {site}) is already taken in this scope.\n"
     "  An explicit name= (or an explicitly numbered one such as 'linear_1') collides with a module "

@@ -404,20 +404,6 @@ def test_rng_in_while_cond():
   assert "next_rng_key" in msg and "condition function" in msg and "body" in msg
 
 
-def test_state_first_created_inside_a_loop():
-  def f(x):
-    def body(c, xi):
-      purify.set_state("acc", c + xi)
-      return c + xi, None
-    return jax.lax.scan(body, jnp.float32(0), x)[0]
-
-  with pytest.raises(errors.PurifyError) as ei:
-    purify.transform_with_state(f).init(ROOT, jnp.ones(3))
-  msg = str(ei.value)
-  assert "'~/acc'" in msg and "first created by set_state" in msg
-  assert "purify.get_state('acc'" in msg
-
-
 def test_state_write_under_a_per_example_cond_predicate_is_refused_even_if_the_value_is_shared():
   def one(x):
     jax.lax.cond(x.sum() > 0, lambda: purify.set_state("seen", 1.0),

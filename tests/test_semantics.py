@@ -597,6 +597,54 @@ def test_jit_of_init_and_apply_accepts_static_is_training(how):
   assert len(calls) == 1, calls                          # one signature, one trace
 
 
+@pytest.mark.parametrize("where", ["scan", "reverse_scan", "fori", "while", "cond_taken",
+                                   "cond_not_taken", "jit", "after_top_level_write"])
+def test_state_created_by_set_state_starts_at_the_first_value_written(where):
+  xs = jnp.arange(3.) + 5.
+
+  def write(v):
+    purify.set_state("s", v * 2.)
+
+  def f(xs):
+    if where in ("scan", "reverse_scan"):
+      jax.lax.scan(lambda c, x: (write(x), c)[1:] + (None,), None, xs,
+                   reverse=where == "reverse_scan")
+    elif where == "fori":
+      jax.lax.fori_loop(0, 3, lambda i, c: (write(xs[i]), c)[1], 0)
+    elif where == "while":
+      jax.lax.while_loop(lambda i: i < 3, lambda i: (write(xs[i]), i + 1)[1], 0)
+    elif where.startswith("cond"):
+      jax.lax.cond(xs[0] > (0 if where == "cond_taken" else 100), lambda: write(xs[1]),
+                   lambda: None)
+    elif where == "jit":
+      jax.jit(write)(xs[2])
+    else:
+      write(xs[1])
+      jax.lax.fori_loop(0, 3, lambda i, c: (write(xs[i]), c)[1], 0)
+    return xs.sum()
+
+  first = {"scan": xs[0], "reverse_scan": xs[2], "fori": xs[0], "while": xs[0],
+           "cond_taken": xs[1], "cond_not_taken": 0., "jit": xs[2],
+           "after_top_level_write": xs[1]}[where] * 2.
+  last = {"scan": xs[2], "reverse_scan": xs[0], "fori": xs[2], "while": xs[2],
+          "cond_taken": xs[1], "cond_not_taken": None, "jit": xs[2],
+          "after_top_level_write": xs[2]}[where]
+  init, apply = purify.transform_with_state(f)
+  _, state = init(None, xs)
+  np.testing.assert_array_equal(state["~"]["s"], first)
+  _, new = apply({}, {"~": {"s": jnp.float32(-1.)}}, None, xs)
+  np.testing.assert_array_equal(new["~"]["s"], -1. if last is None else last * 2.)
+
+
+def test_get_state_without_init_keeps_the_first_value_of_a_set_state_created_state():
+  def f(x):
+    purify.set_state("a", x * 2)
+    return purify.get_state("a")
+
+  _, state = purify.transform_with_state(f).init(None, jnp.ones(2))
+  np.testing.assert_array_equal(state["~"]["a"], [2., 2.])
+
+
 # ============================================================================ trace caches
 @jax.jit
 def _jitted_dropout_linear(x):

@@ -141,9 +141,8 @@ class Rewriter:
     return v
 
   def write(self, ch, value):
-    if ch not in self.in_map:
-      self.new_input(ch)
-      self.cur.setdefault(ch, self.in_map[ch])
+    if ch not in self.cur:         # written before read: still carried in
+      self.cur[ch] = self.pass_.first_read(self, ch)
     self.cur[ch] = value
     self.out_map[ch] = value
 
