@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import api_util as _api_util  # resolve_kwargs: the arguments as JAX binds them
 
 from purify import _compat
 from purify import _context
@@ -72,8 +72,8 @@ NOT_READ_AT_CALL = """\
 purify.{kind} function {fun!r}: {what} is used when JAX runs the function or its rules
 {when}, but the function did not use it when it was called. The function must read
 the same parameters, state and keys every time it runs, and a rule may only use what
-the function uses (a rule that calls the function twice names its modules anew:
-call it once)."""
+the function uses (modules a rule creates are named as at the call: its n-th module
+of a kind is the function's n-th)."""
 
 
 def _fun_name(fun) -> str:
@@ -298,21 +298,14 @@ def _replay(owner, snap, vals, kind, fun, when, fn, *args):
 
 # ----------------------------------------------------------------------------- helpers
 def _positional(fun, args, kwargs, kind):
-  if not kwargs:
-    return tuple(args)
-  f = (lambda *a, **k: None) if isinstance(fun, functools.partial) else fun
+  """The arguments as JAX's custom_jvp/custom_vjp resolve them: bound to ``fun``'s
+  signature, defaults filled in, all positional."""
   try:
-    ba = inspect.signature(f).bind(*args, **kwargs)
+    return tuple(_api_util.resolve_kwargs(fun, args, kwargs))
   except TypeError as e:
     raise TypeError(f"The input arguments to the {kind}-decorated function {_fun_name(fun)} "
                     f"could not be resolved to positional-only arguments. Binding failed "
                     f"with the error:\n{e}") from e
-  ba.apply_defaults()
-  if ba.kwargs:
-    raise TypeError(f"The input arguments to the {kind}-decorated function {_fun_name(fun)} "
-                    f"could not be resolved to positional-only arguments: keyword-only "
-                    f"arguments {', '.join(ba.kwargs)}.")
-  return tuple(ba.args)
 
 
 def _merge_lists(nondiff, static, diff):
