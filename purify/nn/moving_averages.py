@@ -40,7 +40,7 @@ class ExponentialMovingAverage(purify.Module):
       init, apply = purify.transform_with_state(f)
       params, state = init(None, jnp.ones(3))
       # state["exponential_moving_average"] == {"counter": 0, "hidden": zeros(3),
-      #                                         "average": zeros(3)}
+      #                                         "average": ones(3)}  (first value written)
       avg, state = apply(params, state, None, jnp.ones(3))    # avg == 1 (debiased)
   """
 
@@ -88,14 +88,15 @@ class ExponentialMovingAverage(purify.Module):
     average = hidden
     if self.zero_debias:
       average = average / (one - jnp.power(decay, counter))
-    # declared before it is written, with zeros: a state first created by set_state has
-    # no initial value inside a loop (scan/while), and apply must accept the state a
-    # training step produced even when this call does not update it
-    purify.get_state("average", value.shape, value.dtype, init=jnp.zeros)
     if update_stats:
       purify.set_state("counter", counter)
       purify.set_state("hidden", hidden)
+      # created here unless initialize() ran: starts at the first value written (Haiku)
       purify.set_state("average", average)
+    else:
+      # declared (zeros, unless it exists) so that apply accepts the state a training
+      # step produced although this call does not update it
+      purify.get_state("average", value.shape, value.dtype, init=jnp.zeros)
     return average
 
   @property
