@@ -24,6 +24,8 @@ init/apply are built as for any program.
 """
 from __future__ import annotations
 
+import types
+
 import jax
 
 from purify import _compat
@@ -40,17 +42,25 @@ def _remembered(trace, frame) -> dict:
 
 
 class _LocalState(_State):
-  """thread_state's rules on one equation, state avals from the trace-time frame."""
+  """thread_state's rules on one equation, state avals from the trace-time frame.
+  Writes are plain (no first-write tracking: the value the equation leaves is written
+  back with one ``set_state``, so a state CREATED by set_state inside it starts at
+  that value — a documented limit, docs/semantics.md)."""
 
   def __init__(self, frame):
-    self.frame = frame
-
-  def channel_aval(self, ch):
-    st = self.frame.states[(ch[1], ch[2])]
-    return _compat.ShapedArray(st.shape, st.dtype)
+    self.program = types.SimpleNamespace(states=frame.states)
 
   def first_read(self, rw, ch):
     return rw.new_input(ch)
+
+
+def _plain_set(pass_, rw, eqn):
+  p = eqn.params
+  rw.write(("state", p["module"], p["name"]), eqn.invars[0])
+
+
+_LocalState.leaf_rules = dict(_State.leaf_rules)
+_LocalState.leaf_rules[fx.set_state_p] = _plain_set
 
 
 def _has_state(params) -> bool:

@@ -204,3 +204,19 @@ def test_the_traced_program_makes_the_state_a_carry_where_grad_crosses_a_loop():
   assert 'set_state "~/a"' in text[scan_at:]                 # written once, after it
   body = text[scan_at:text.index(" in (", scan_at)]
   assert "get_state" not in body and "set_state" not in body
+
+
+def test_state_created_in_a_loop_inside_grad_starts_at_the_value_the_loop_leaves():
+  """The documented limit (docs/semantics.md): outside grad it would be the first
+  value written (test_semantics), inside grad the loop's last one."""
+  def f(x):
+    def loss(h):
+      jax.lax.fori_loop(0, 3, lambda i, c: (purify.set_state("s", c * i), c)[1], h)
+      return purify.get_state("s")
+    return jax.grad(loss)(x)
+
+  t = purify.transform_with_state(f)
+  _, s = t.init(None, jnp.float32(2.))
+  close(s["~"]["s"], 4.)                             # 2 * 2, the last write
+  out, s = t.apply({}, s, None, jnp.float32(2.))
+  close(out, 2.)                                     # d/dh (h * 2)
