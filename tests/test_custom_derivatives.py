@@ -255,8 +255,20 @@ def test_keys_drawn_inside_are_the_calls_keys_and_the_rules_see_them(f, ref_drop
       jax.lax.scan(lambda c, _: (c, purify.next_rng_key()), 0., X)[1])).apply({}, rng)
   out = check(lambda p, x: t.apply(p, rng, x), lambda w, x: _placed_ref(ref_drop, w, keys, x),
               p, p["~"]["w"], X)
-  close(out, purify.transform(functools.partial(_placed, drop_plain)).apply(p, rng, X))  # plain call
+  if f is drop_jvp:                   # the same as a plain call of the function
+    close(out, purify.transform(functools.partial(_placed, drop_plain)).apply(p, rng, X))
   assert all(0 < int((o == 0).sum()) < o.size for o in out)
+
+
+def test_under_purify_vmap_with_per_example_parameters():
+  # purify.vmap(param_axes=0): the call reads its example's slice, draws its example's key
+  t = purify.transform(lambda x: purify.vmap(drop_vjp, param_axes=0)(x))
+  p = t.init(ROOT, X)
+  assert p["~"]["w"].shape == (2, 3)
+  rng = jax.random.PRNGKey(4)
+  keys = purify.transform(lambda: purify.vmap(lambda _: purify.next_rng_key())(X)).apply({}, rng)
+  check(lambda p, x: t.apply(p, rng, x), lambda w, x: jax.vmap(ref_drop)(w, keys, x),
+        p, p["~"]["w"], X)
 
 
 @DROPS
