@@ -118,7 +118,8 @@ def test_custom_jvp_params_get_the_true_tangent_arguments_the_rule():
 
 def test_interceptors_apply_in_the_function_and_its_rules_as_in_a_plain_call():
   # mixed precision (docs/drop_ins.md): stored in float32, computed in bfloat16
-  f32_storage = lambda next_creator, shape, dtype, init, ctx: next_creator(shape, jnp.float32, init)  # noqa: E731
+  def f32_storage(next_creator, shape, dtype, init, ctx):
+    return next_creator(shape, jnp.float32, init)
   bf16 = lambda next_getter, value, ctx: next_getter(value.astype(jnp.bfloat16))  # noqa: E731
 
   def model(x):
