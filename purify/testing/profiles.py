@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 
 # programs per property; (max_leaves, max_rng) of the programs
 CI_EXAMPLES = {
-    "reference": 55, "jit": 15, "determinism": 12, "vmap": 15, "eval_shape": 60,
-    "pipeline": 50, "idempotent": 45, "leaks": 50, "invalid": 70,
+    "reference": 65, "jit": 15, "determinism": 12, "vmap": 15, "eval_shape": 130,
+    "pipeline": 110, "idempotent": 100, "leaks": 100, "invalid": 120,
 }
 HUNT_EXAMPLES = {k: 20 * v for k, v in CI_EXAMPLES.items()}
 CI_SIZE = {"compile": (5, 2), "trace": (9, 5)}
