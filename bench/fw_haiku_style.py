@@ -166,25 +166,30 @@ def _natural(t, key, x, stateful, mark):
   mark()
 
 
-def build_haiku(model, cfg, fast_variance=False):
-  import haiku as hk
-  counter = common.Counter()
-  f = model_fn(haiku_nn(), model, cfg, counter, fast_variance)
-  if model == "resnet50":
-    t = hk.transform_with_state(f)
-    impl = common.Impl(
-        "haiku", model, init=lambda k, x: t.init(k, x),
+def _impl(framework, model, t, stateful, counter):
+  """The Impl of a transformed model ``t`` (Haiku's or purify's: the same API;
+  ``stateful``: transform_with_state, variables are (params, state))."""
+  if stateful:
+    return common.Impl(
+        framework, model, init=lambda k, x: t.init(k, x),
         fwd=lambda v, x: t.apply(v[0], v[1], None, x),
         loss=lambda p, s, x, y: _loss_state(t.apply(p, s, None, x), model, y),
         split=lambda v: v, merge=lambda p, s: (p, s), counter=counter,
         natural=lambda k, x, m: _natural(t, k, x, True, m))
-  else:
-    t = hk.transform(f)
-    impl = common.Impl(
-        "haiku", model, init=lambda k, x: t.init(k, x),
-        fwd=lambda p, x: t.apply(p, None, x),
-        loss=lambda p, _, x, y: (common.loss_of(model, t.apply(p, None, x), y), None),
-        counter=counter, natural=lambda k, x, m: _natural(t, k, x, False, m))
+  return common.Impl(
+      framework, model, init=lambda k, x: t.init(k, x),
+      fwd=lambda p, x: t.apply(p, None, x),
+      loss=lambda p, _, x, y: (common.loss_of(model, t.apply(p, None, x), y), None),
+      counter=counter, natural=lambda k, x, m: _natural(t, k, x, False, m))
+
+
+def build_haiku(model, cfg, fast_variance=False):
+  import haiku as hk
+  counter = common.Counter()
+  f = model_fn(haiku_nn(), model, cfg, counter, fast_variance)
+  stateful = model == "resnet50"
+  t = hk.transform_with_state(f) if stateful else hk.transform(f)
+  impl = _impl("haiku", model, t, stateful, counter)
   impl.notes = "LayerNorm: exact variance by default (use_fast_variance=False)"
   return impl
 
@@ -204,21 +209,8 @@ def build_purify(model, cfg, fast_variance=False):
   counter = common.Counter()
   f = model_fn(nn, model, cfg, counter, fast_variance)
   stateful = model == "resnet50"
-  if stateful:
-    t = purify.transform_with_state(f)
-    impl = common.Impl(
-        "purify", model, init=lambda k, x: t.init(k, x),
-        fwd=lambda v, x: t.apply(v[0], v[1], None, x),
-        loss=lambda p, s, x, y: _loss_state(t.apply(p, s, None, x), model, y),
-        split=lambda v: v, merge=lambda p, s: (p, s), counter=counter,
-        natural=lambda k, x, m: _natural(t, k, x, True, m))
-  else:
-    t = purify.transform(f)
-    impl = common.Impl(
-        "purify", model, init=lambda k, x: t.init(k, x),
-        fwd=lambda p, x: t.apply(p, None, x),
-        loss=lambda p, _, x, y: (common.loss_of(model, t.apply(p, None, x), y), None),
-        counter=counter, natural=lambda k, x, m: _natural(t, k, x, False, m))
+  t = purify.transform_with_state(f) if stateful else purify.transform(f)
+  impl = _impl("purify", model, t, stateful, counter)
   impl.cold = lambda key, x: purify_cold(t, key, x, stateful)
   impl.notes = "LayerNorm: exact variance by default (use_fast_variance=False, Haiku's)"
   if model == "resnet50" and nn.workarounds:
@@ -268,27 +260,13 @@ class _TimedPipeline:
     return out, records
 
 
-def _stage(jitted, flat):
-  """trace / lower / compile / run of one jitted function on ``flat``; seconds each."""
-  import time
-  t0 = time.perf_counter()
-  traced = jitted.trace(*flat)
-  t1 = time.perf_counter()
-  lowered = traced.lower()
-  t2 = time.perf_counter()
-  compiled = lowered.compile()
-  t3 = time.perf_counter()
-  out = jax.block_until_ready(compiled(*flat))
-  t4 = time.perf_counter()
-  return dict(trace=t1 - t0, lower=t2 - t1, compile=t3 - t2, run=t4 - t3), out, compiled
-
-
 def purify_cold(t, key, x, stateful):
   """purify's time to first result, stage by stage, through its public init/apply:
   the user's Python is traced ONCE (for init and apply together), the passes run once,
   then each of init and apply is one jitted pure program (trace of the bound jaxpr,
   lowering, XLA compile, run)."""
   import time
+  from bench.harness import stage
   core = t.init.purified
   timed = _TimedPipeline(core.pipeline)
   core.pipeline = timed
@@ -308,7 +286,7 @@ def purify_cold(t, key, x, stateful):
       t.init(key, x)
     except _Captured as e:
       flat = e.flat
-    st_init, outs, comp_init = _stage(real_init._jitted, flat)
+    st_init, outs, comp_init = stage(real_init._jitted, flat)
     c.init_exec = _Replay(outs)
     variables = t.init(key, x)
     c.apply_exec = _Recorder()
@@ -319,7 +297,7 @@ def purify_cold(t, key, x, stateful):
         t.apply(variables, None, x)
     except _Captured as e:
       flat = e.flat
-    st_apply, _, comp_apply = _stage(real_apply._jitted, flat)
+    st_apply, _, comp_apply = stage(real_apply._jitted, flat)
   finally:
     c.init_exec, c.apply_exec = real_init, real_apply
   init = dict(user_trace=init_user["trace"], passes=init_user["passes_total"],

@@ -62,6 +62,8 @@ def hlo_ops(compiled) -> int:
 
 
 def stage(jitted, args):
+  """trace / lower / compile / run of one jitted function on ``args``; seconds each,
+  the output and the compiled executable."""
   t0 = time.perf_counter()
   traced = jitted.trace(*args)
   t1 = time.perf_counter()

@@ -11,35 +11,9 @@ import numpy as np
 import pytest
 
 import purify
-
-ROOT = jax.random.PRNGKey(0)
-TOL = dict(rtol=1e-5, atol=1e-5)
-
+from _haiku_parity import ROOT, TOL, parity, random_like, signature
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
-
-
-def signature(params):
-  return {m: {n: (tuple(v.shape), jnp.dtype(v.dtype)) for n, v in sub.items()}
-          for m, sub in params.items()}
-
-
-def random_like(shapes, seed=0):
-  """Random values (biases too, unlike a fresh init) for a tree of ShapeDtypeStructs."""
-  rs = np.random.RandomState(seed)
-  return {m: {n: jnp.asarray(rs.normal(size=v.shape), v.dtype) for n, v in sub.items()}
-          for m, sub in shapes.items()}
-
-
-def parity(hk_fn, pf_fn, *args):
-  """Assert that ``hk.transform(hk_fn).init`` and ``purify.transform(pf_fn).init`` give
-  the same param tree (abstractly: compiling initializers is what costs); apply both
-  to the same random params of that tree; return (haiku_out, purify_out)."""
-  th, tp = hk.transform(hk_fn), purify.transform(pf_fn)
-  shapes = jax.eval_shape(th.init, ROOT, *args)
-  assert signature(jax.eval_shape(tp.init, ROOT, *args)) == signature(shapes)
-  params = random_like(shapes)
-  return jax.jit(th.apply)(params, None, *args), tp.apply(params, None, *args)
 
 
 # ============================================================================ Embed

@@ -10,33 +10,21 @@ import numpy as np
 import pytest
 
 import purify
-
-ROOT = jax.random.PRNGKey(0)
-TOL = dict(rtol=1e-5, atol=1e-5)
-
+import _haiku_parity
+from _haiku_parity import ROOT, TOL, signature
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
-def signature(params):
-  return {m: {n: (tuple(v.shape), jnp.dtype(v.dtype)) for n, v in sub.items()}
-          for m, sub in params.items()}
-
-
 def random_like(shapes, seed=0):
-  rs = np.random.RandomState(seed)
-  return {m: {n: jnp.asarray(0.5 * rs.normal(size=v.shape), v.dtype) for n, v in sub.items()}
-          for m, sub in shapes.items()}
+  """Random values for a tree of ShapeDtypeStructs; this file's scale is 0.5."""
+  return _haiku_parity.random_like(shapes, seed, scale=0.5)
 
 
 def parity(program, *args):
   """``program(lib)`` is the model written against ``lib`` (haiku or purify.nn): assert
   equal param trees; apply both to the same random params; return (haiku, purify)."""
-  th, tp = hk.transform(program(hk)), purify.transform(program(purify.nn))
-  shapes = jax.eval_shape(th.init, ROOT, *args)
-  assert signature(jax.eval_shape(tp.init, ROOT, *args)) == signature(shapes)
-  params = random_like(shapes)
-  return jax.jit(th.apply)(params, None, *args), tp.apply(params, None, *args)
+  return _haiku_parity.parity(program(hk), program(purify.nn), *args, scale=0.5)
 
 
 def assert_trees_close(got, want):

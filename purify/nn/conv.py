@@ -229,8 +229,64 @@ def _check_rank(inputs, n: int, who: str):
   return inputs.ndim == n + 1
 
 
+def _batched(inputs, n: int, who: str):
+  """``inputs`` as an array with a batch axis (one added when unbatched), and whether
+  one was added."""
+  inputs = jnp.asarray(inputs)
+  unbatched = _check_rank(inputs, n, who)
+  return (inputs[None] if unbatched else inputs), unbatched
+
+
 def _bias_shape(channel_index: int, out: int, n: int):
   return (out,) if channel_index == -1 else (out,) + (1,) * n
+
+
+def _setup(module, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
+           w_init, b_init, mask, data_format, transpose: bool) -> int:
+  """The arguments ConvND and ConvNDTranspose share, checked and stored on ``module``;
+  returns ``num_spatial_dims``."""
+  if num_spatial_dims <= 0:
+    raise ValueError("We only support convolution operations for `num_spatial_dims` "
+                     f"greater than 0, received num_spatial_dims={num_spatial_dims}.")
+  n = module.num_spatial_dims = num_spatial_dims
+  module.output_channels = output_channels
+  module.kernel_shape = _replicate(kernel_shape, n, "kernel_shape")
+  module.with_bias = with_bias
+  module.stride = _replicate(stride, n, "strides")
+  module.w_init = w_init
+  module.b_init = b_init or _zeros
+  module.mask = mask
+  module.data_format = data_format
+  module.channel_index = get_channel_index(data_format)
+  module.dimension_numbers = to_dimension_numbers(
+      n, channels_last=module.channel_index == -1, transpose=transpose)
+  return n
+
+
+def _weights(module, w_shape, fan_in_shape, dtype):
+  """The kernel ``w`` of ``w_shape`` (default init: Haiku's truncated normal of std
+  ``1 / sqrt(prod(fan_in_shape))``), times ``module.mask`` if there is one."""
+  if module.mask is not None and tuple(module.mask.shape) != w_shape:
+    raise ValueError("Mask needs to have the same shape as weights. "
+                     f"Shapes are: {tuple(module.mask.shape)}, {w_shape}")
+  w_init = module.w_init
+  if w_init is None:
+    w_init = _truncated_normal_init(1.0 / np.sqrt(np.prod(fan_in_shape)))
+  w = purify.param("w", w_shape, dtype, init=w_init)
+  if module.mask is not None:
+    w = w * module.mask
+  return w
+
+
+def _finish(module, out, dtype, unbatched: bool):
+  """``out`` plus the bias ``b`` (if ``with_bias``), without the batch axis that
+  :func:`_batched` added."""
+  if module.with_bias:
+    b = purify.param("b", _bias_shape(module.channel_index, module.output_channels,
+                                      module.num_spatial_dims),
+                     dtype, init=module.b_init)
+    out = out + jnp.broadcast_to(b, out.shape)
+  return out[0] if unbatched else out
 
 
 # ----------------------------------------------------------------------------- ConvND
@@ -256,24 +312,11 @@ class ConvND(purify.Module):
                data_format: str = "channels_last", mask=None,
                feature_group_count: int = 1, name: str | None = None):
     super().__init__(name=name)
-    if num_spatial_dims <= 0:
-      raise ValueError("We only support convolution operations for `num_spatial_dims` "
-                       f"greater than 0, received num_spatial_dims={num_spatial_dims}.")
-    n = self.num_spatial_dims = num_spatial_dims
-    self.output_channels = output_channels
-    self.kernel_shape = _replicate(kernel_shape, n, "kernel_shape")
-    self.with_bias = with_bias
-    self.stride = _replicate(stride, n, "strides")
-    self.w_init = w_init
-    self.b_init = b_init or _zeros
-    self.mask = mask
+    n = _setup(self, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
+               w_init, b_init, mask, data_format, transpose=False)
     self.feature_group_count = feature_group_count
     self.lhs_dilation = (1,) * n
     self.kernel_dilation = _replicate(rate, n, "kernel_dilation")
-    self.data_format = data_format
-    self.channel_index = get_channel_index(data_format)
-    self.dimension_numbers = to_dimension_numbers(
-        n, channels_last=self.channel_index == -1, transpose=False)
     if isinstance(padding, str):
       self.padding = padding.upper()
     elif _is_padfn(padding):
@@ -284,35 +327,19 @@ class ConvND(purify.Module):
       self.padding = _padding_from_tuple(padding, n)
 
   def __call__(self, inputs, *, precision=None):
-    inputs = jnp.asarray(inputs)
-    unbatched = _check_rank(inputs, self.num_spatial_dims, "ConvND")
-    if unbatched:
-      inputs = inputs[None]
+    inputs, unbatched = _batched(inputs, self.num_spatial_dims, "ConvND")
     in_channels = inputs.shape[self.channel_index]
     if in_channels % self.feature_group_count:
       raise ValueError(f"Inputs channels {in_channels} should be a multiple of "
                        f"feature_group_count {self.feature_group_count}")
     w_shape = self.kernel_shape + (in_channels // self.feature_group_count, self.output_channels)
-    if self.mask is not None and tuple(self.mask.shape) != w_shape:
-      raise ValueError("Mask needs to have the same shape as weights. "
-                       f"Shapes are: {tuple(self.mask.shape)}, {w_shape}")
-    w_init = self.w_init
-    if w_init is None:
-      w_init = _truncated_normal_init(1.0 / np.sqrt(np.prod(w_shape[:-1])))
-    w = purify.param("w", w_shape, inputs.dtype, init=w_init)
-    if self.mask is not None:
-      w = w * self.mask
+    w = _weights(self, w_shape, w_shape[:-1], inputs.dtype)
     out = lax.conv_general_dilated(
         inputs, w, window_strides=self.stride, padding=self.padding,
         lhs_dilation=self.lhs_dilation, rhs_dilation=self.kernel_dilation,
         dimension_numbers=self.dimension_numbers,
         feature_group_count=self.feature_group_count, precision=precision)
-    if self.with_bias:
-      b = purify.param("b", _bias_shape(self.channel_index, self.output_channels,
-                                        self.num_spatial_dims),
-                       inputs.dtype, init=self.b_init)
-      out = out + jnp.broadcast_to(b, out.shape)
-    return out[0] if unbatched else out
+    return _finish(self, out, inputs.dtype, unbatched)
 
 
 class Conv1D(ConvND):
@@ -409,45 +436,21 @@ class ConvNDTranspose(purify.Module):
                b_init: Callable | None = None, data_format: str = "channels_last",
                mask=None, name: str | None = None):
     super().__init__(name=name)
-    if num_spatial_dims <= 0:
-      raise ValueError("We only support convolution operations for `num_spatial_dims` "
-                       f"greater than 0, received num_spatial_dims={num_spatial_dims}.")
-    n = self.num_spatial_dims = num_spatial_dims
-    self.output_channels = output_channels
-    self.kernel_shape = _replicate(kernel_shape, n, "kernel_shape")
+    n = _setup(self, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
+               w_init, b_init, mask, data_format, transpose=True)
     self.output_shape = output_shape
     if output_shape is not None:
       self.output_shape = _replicate(output_shape, n, "output_shape")
       if not isinstance(padding, str):
         raise ValueError("When specifying `output_shape`, ensure that padding is "
                          "'VALID' or 'SAME'.")
-    self.with_bias = with_bias
-    self.stride = _replicate(stride, n, "strides")
-    self.w_init = w_init
-    self.b_init = b_init or _zeros
-    self.mask = mask
     self.padding = padding
-    self.data_format = data_format
-    self.channel_index = get_channel_index(data_format)
-    self.dimension_numbers = to_dimension_numbers(
-        n, channels_last=self.channel_index == -1, transpose=True)
 
   def __call__(self, inputs, *, precision=None):
-    inputs = jnp.asarray(inputs)
-    unbatched = _check_rank(inputs, self.num_spatial_dims, "ConvNDTranspose")
-    if unbatched:
-      inputs = inputs[None]
+    inputs, unbatched = _batched(inputs, self.num_spatial_dims, "ConvNDTranspose")
     in_channels = inputs.shape[self.channel_index]
     w_shape = self.kernel_shape + (self.output_channels, in_channels)
-    if self.mask is not None and tuple(self.mask.shape) != w_shape:
-      raise ValueError("Mask needs to have the same shape as weights. "
-                       f"Shapes are: {tuple(self.mask.shape)}, {w_shape}")
-    w_init = self.w_init
-    if w_init is None:
-      w_init = _truncated_normal_init(1.0 / np.sqrt(np.prod(self.kernel_shape + (in_channels,))))
-    w = purify.param("w", w_shape, inputs.dtype, init=w_init)
-    if self.mask is not None:
-      w = w * self.mask
+    w = _weights(self, w_shape, self.kernel_shape + (in_channels,), inputs.dtype)
     padding = self.padding
     if self.output_shape is not None:
       spatial = inputs.shape[2:] if self.channel_index == 1 else inputs.shape[1:-1]
@@ -456,12 +459,7 @@ class ConvNDTranspose(purify.Module):
           for i, o, k, s in zip(spatial, self.output_shape, self.kernel_shape, self.stride))
     out = lax.conv_transpose(inputs, w, strides=self.stride, padding=padding,
                              dimension_numbers=self.dimension_numbers, precision=precision)
-    if self.with_bias:
-      b = purify.param("b", _bias_shape(self.channel_index, self.output_channels,
-                                        self.num_spatial_dims),
-                       inputs.dtype, init=self.b_init)
-      out = out + jnp.broadcast_to(b, out.shape)
-    return out[0] if unbatched else out
+    return _finish(self, out, inputs.dtype, unbatched)
 
 
 class Conv1DTranspose(ConvNDTranspose):

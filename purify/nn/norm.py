@@ -59,11 +59,35 @@ def _check_inits(create_scale, scale_init, create_offset=True, offset_init=None)
     raise ValueError("Cannot set `offset_init` if `create_offset=False`.")
 
 
+def _set_affine(module, create_scale, scale_init, create_offset, offset_init):
+  """Checks and stores the ``scale``/``offset`` arguments (Haiku's default inits: ones
+  for the scale, zeros for the offset)."""
+  _check_inits(create_scale, scale_init, create_offset, offset_init)
+  module.create_scale = create_scale
+  module.create_offset = create_offset
+  module.scale_init = scale_init or _ones
+  module.offset_init = offset_init or _zeros
+
+
 def _check_call(module, scale, offset):
   if module.create_scale and scale is not None:
     raise ValueError("Cannot pass `scale` at call time if `create_scale=True`.")
   if module.create_offset and offset is not None:
     raise ValueError("Cannot pass `offset` at call time if `create_offset=True`.")
+
+
+def _scale_and_offset(module, shape, dtype, scale, offset):
+  """The ``scale``/``offset`` parameters of ``shape`` where the module creates them,
+  else the ones passed at call time, else 1 and 0."""
+  if module.create_scale:
+    scale = purify.param("scale", shape, dtype, init=module.scale_init)
+  elif scale is None:
+    scale = np.ones([], dtype=dtype)
+  if module.create_offset:
+    offset = purify.param("offset", shape, dtype, init=module.offset_init)
+  elif offset is None:
+    offset = np.zeros([], dtype=dtype)
+  return scale, offset
 
 
 class LayerNorm(purify.Module):
@@ -84,13 +108,9 @@ class LayerNorm(purify.Module):
                scale_init=None, offset_init=None, use_fast_variance: bool = False,
                name: str | None = None, *, param_axis=None):
     super().__init__(name=name)
-    _check_inits(create_scale, scale_init, create_offset, offset_init)
+    _set_affine(self, create_scale, scale_init, create_offset, offset_init)
     self.axis = to_axes_or_slice(axis)
     self.eps = eps
-    self.create_scale = create_scale
-    self.create_offset = create_offset
-    self.scale_init = scale_init or _ones
-    self.offset_init = offset_init or _zeros
     self.use_fast_variance = use_fast_variance
     self.param_axis = (-1,) if param_axis is None else to_axes_or_slice(param_axis)
 
@@ -104,15 +124,8 @@ class LayerNorm(purify.Module):
       variance = jnp.mean(jnp.square(inputs), axis=axis, keepdims=True) - jnp.square(mean)
     else:
       variance = jnp.var(inputs, axis=axis, keepdims=True)
-    shape = _param_shape(self.param_axis, inputs)
-    if self.create_scale:
-      scale = purify.param("scale", shape, inputs.dtype, init=self.scale_init)
-    elif scale is None:
-      scale = np.array(1., dtype=inputs.dtype)
-    if self.create_offset:
-      offset = purify.param("offset", shape, inputs.dtype, init=self.offset_init)
-    elif offset is None:
-      offset = np.array(0., dtype=inputs.dtype)
+    scale, offset = _scale_and_offset(self, _param_shape(self.param_axis, inputs),
+                                      inputs.dtype, scale, offset)
     scale = jnp.broadcast_to(scale, inputs.shape)
     offset = jnp.broadcast_to(offset, inputs.shape)
     mean = jnp.broadcast_to(mean, inputs.shape)
@@ -192,16 +205,12 @@ class GroupNorm(purify.Module):
                create_offset: bool = True, eps: float = 1e-5, scale_init=None,
                offset_init=None, data_format: str = "channels_last", name: str | None = None):
     super().__init__(name=name)
-    _check_inits(create_scale, scale_init, create_offset, offset_init)
+    _set_affine(self, create_scale, scale_init, create_offset, offset_init)
     self.axis = to_axes_or_slice(axis)
     self.groups = groups
     self.eps = eps
     self.data_format = data_format
     self.channel_index = get_channel_index(data_format)
-    self.create_scale = create_scale
-    self.create_offset = create_offset
-    self.scale_init = scale_init or _ones
-    self.offset_init = offset_init or _zeros
     self.rank = None
 
   def __call__(self, x, scale=None, offset=None):
@@ -280,15 +289,11 @@ class BatchNorm(purify.Module):
                cross_replica_axis_index_groups=None, data_format: str = "channels_last",
                name: str | None = None):
     super().__init__(name=name)
-    _check_inits(create_scale, scale_init, create_offset, offset_init)
+    _set_affine(self, create_scale, scale_init, create_offset, offset_init)
     if cross_replica_axis is None and cross_replica_axis_index_groups is not None:
       raise ValueError("`cross_replica_axis` name must be specified if "
                        "`cross_replica_axis_index_groups` are used.")
-    self.create_scale = create_scale
-    self.create_offset = create_offset
     self.eps = eps
-    self.scale_init = scale_init or _ones
-    self.offset_init = offset_init or _zeros
     self.axis = axis
     self.cross_replica_axis = cross_replica_axis
     self.cross_replica_axis_index_groups = cross_replica_axis_index_groups
@@ -330,13 +335,6 @@ class BatchNorm(purify.Module):
         mean = self.mean_ema.average.astype(inputs.dtype)
         var = self.var_ema.average.astype(inputs.dtype)
 
-    if self.create_scale:
-      scale = purify.param("scale", stats_shape, inputs.dtype, init=self.scale_init)
-    elif scale is None:
-      scale = np.ones([], dtype=inputs.dtype)
-    if self.create_offset:
-      offset = purify.param("offset", stats_shape, inputs.dtype, init=self.offset_init)
-    elif offset is None:
-      offset = np.zeros([], dtype=inputs.dtype)
+    scale, offset = _scale_and_offset(self, stats_shape, inputs.dtype, scale, offset)
     eps = jax.lax.convert_element_type(self.eps, var.dtype)
     return (inputs - mean) * (scale * jax.lax.rsqrt(var + eps)) + offset

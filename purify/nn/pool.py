@@ -85,7 +85,24 @@ def avg_pool(value, window_shape: int | Sequence[int], strides: int | Sequence[i
   return summed / counts
 
 
-class MaxPool(purify.Module):
+class _Pool(purify.Module):
+  """A pooling function (``_pool``, one of the functions above) with its arguments
+  fixed; MaxPool and AvgPool differ only in it."""
+  _pool = None
+
+  def __init__(self, window_shape, strides, padding: str, channel_axis: int | None = -1,
+               name: str | None = None):
+    super().__init__(name=name)
+    self.window_shape = window_shape
+    self.strides = strides
+    self.padding = padding
+    self.channel_axis = channel_axis
+
+  def __call__(self, value):
+    return self._pool(value, self.window_shape, self.strides, self.padding, self.channel_axis)
+
+
+class MaxPool(_Pool):
   """``max_pool`` with its arguments fixed (no parameters).
 
   Example::
@@ -93,20 +110,10 @@ class MaxPool(purify.Module):
       def f(x):                                          # x: (batch, 8, 8, 3)
         return purify.nn.MaxPool((2, 2, 1), (2, 2, 1), "VALID")(x)   # (batch, 4, 4, 3)
   """
-
-  def __init__(self, window_shape, strides, padding: str, channel_axis: int | None = -1,
-               name: str | None = None):
-    super().__init__(name=name)
-    self.window_shape = window_shape
-    self.strides = strides
-    self.padding = padding
-    self.channel_axis = channel_axis
-
-  def __call__(self, value):
-    return max_pool(value, self.window_shape, self.strides, self.padding, self.channel_axis)
+  _pool = staticmethod(max_pool)
 
 
-class AvgPool(purify.Module):
+class AvgPool(_Pool):
   """``avg_pool`` with its arguments fixed (no parameters).
 
   Example::
@@ -114,14 +121,4 @@ class AvgPool(purify.Module):
       def f(x):                                          # x: (batch, 8, 8, 3)
         return purify.nn.AvgPool((2, 2, 1), (2, 2, 1), "SAME")(x)    # (batch, 4, 4, 3)
   """
-
-  def __init__(self, window_shape, strides, padding: str, channel_axis: int | None = -1,
-               name: str | None = None):
-    super().__init__(name=name)
-    self.window_shape = window_shape
-    self.strides = strides
-    self.padding = padding
-    self.channel_axis = channel_axis
-
-  def __call__(self, value):
-    return avg_pool(value, self.window_shape, self.strides, self.padding, self.channel_axis)
+  _pool = staticmethod(avg_pool)

@@ -34,6 +34,24 @@ def _conv(channels, kernel, stride, name):
                 with_bias=False, padding="SAME", name=name)
 
 
+def _block_layers(channels, stride, bn_config, bottleneck, **last_bn_args):
+  """The (conv, BatchNorm) pairs ``conv_i``/``batchnorm_i`` of a residual block (both
+  versions): with ``bottleneck`` three, the inner two with ``channels // 4`` channels
+  and the stride on the 3x3; else two 3x3s, the stride on the first.
+  ``last_bn_args`` go to the last BatchNorm of a bottleneck."""
+  inner = channels // 4 if bottleneck else channels
+  conv_0 = _conv(inner, 1 if bottleneck else 3, 1 if bottleneck else stride, "conv_0")
+  bn_0 = BatchNorm(name="batchnorm_0", **bn_config)
+  conv_1 = _conv(inner, 3, stride if bottleneck else 1, "conv_1")
+  bn_1 = BatchNorm(name="batchnorm_1", **bn_config)
+  layers = ((conv_0, bn_0), (conv_1, bn_1))
+  if bottleneck:
+    conv_2 = _conv(channels, 1, 1, "conv_2")
+    bn_2 = BatchNorm(name="batchnorm_2", **last_bn_args, **bn_config)
+    layers += ((conv_2, bn_2),)
+  return layers
+
+
 class BlockV1(purify.Module):
   """ResNet v1 residual block: (conv, BatchNorm, relu) x 2 (x 3 with ``bottleneck``),
   an optional projection shortcut (``shortcut_conv`` / ``shortcut_batchnorm``), relu
@@ -58,17 +76,7 @@ class BlockV1(purify.Module):
     if use_projection:
       self.proj_conv = _conv(channels, 1, stride, "shortcut_conv")
       self.proj_batchnorm = BatchNorm(name="shortcut_batchnorm", **bn_config)
-    inner = channels // 4 if bottleneck else channels
-    conv_0 = _conv(inner, 1 if bottleneck else 3, 1 if bottleneck else stride, "conv_0")
-    bn_0 = BatchNorm(name="batchnorm_0", **bn_config)
-    conv_1 = _conv(inner, 3, stride if bottleneck else 1, "conv_1")
-    bn_1 = BatchNorm(name="batchnorm_1", **bn_config)
-    layers = ((conv_0, bn_0), (conv_1, bn_1))
-    if bottleneck:
-      conv_2 = _conv(channels, 1, 1, "conv_2")
-      bn_2 = BatchNorm(name="batchnorm_2", scale_init=_zeros, **bn_config)
-      layers += ((conv_2, bn_2),)
-    self.layers = layers
+    self.layers = _block_layers(channels, stride, bn_config, bottleneck, scale_init=_zeros)
 
   def __call__(self, inputs, is_training: bool, test_local_stats: bool):
     out = shortcut = inputs
@@ -104,17 +112,7 @@ class BlockV2(purify.Module):
     bn_config = _with_defaults(bn_config, create_scale=True, create_offset=True)
     if use_projection:
       self.proj_conv = _conv(channels, 1, stride, "shortcut_conv")
-    inner = channels // 4 if bottleneck else channels
-    conv_0 = _conv(inner, 1 if bottleneck else 3, 1 if bottleneck else stride, "conv_0")
-    bn_0 = BatchNorm(name="batchnorm_0", **bn_config)
-    conv_1 = _conv(inner, 3, stride if bottleneck else 1, "conv_1")
-    bn_1 = BatchNorm(name="batchnorm_1", **bn_config)
-    layers = ((conv_0, bn_0), (conv_1, bn_1))
-    if bottleneck:
-      conv_2 = _conv(channels, 1, 1, "conv_2")
-      bn_2 = BatchNorm(name="batchnorm_2", **bn_config)
-      layers += ((conv_2, bn_2),)
-    self.layers = layers
+    self.layers = _block_layers(channels, stride, bn_config, bottleneck)
 
   def __call__(self, inputs, is_training: bool, test_local_stats: bool):
     x = shortcut = inputs
@@ -257,10 +255,26 @@ class ResNet(purify.Module):
     return self.logits(out)
 
 
+def _preset_doc(depth: int) -> str:
+  return f"""ResNet-{depth} (``ResNet.CONFIGS[{depth}]``); named ``res_net{depth}`` by default, as in Haiku.
+
+  Example::
+
+      def f(x, is_training):                       # x: (batch, 224, 224, 3)
+        return purify.nn.ResNet{depth}(num_classes=1000)(x, is_training)
+  """
+
+
 class _Preset(ResNet):
   """A ResNet of depth ``DEPTH`` (``ResNet.CONFIGS[DEPTH]``), named after its class
-  (``res_net50``) as Haiku's presets are."""
+  (``res_net50``) as Haiku's presets are. A preset without a docstring of its own gets
+  :func:`_preset_doc`'s (with its worked example)."""
   DEPTH: int = 0
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if cls.__doc__ is None:
+      cls.__doc__ = _preset_doc(cls.DEPTH)
 
   def __init__(self, num_classes: int, bn_config: Mapping[str, FloatStrOrBool] | None = None,
                resnet_v2: bool = False, logits_config: Mapping[str, Any] | None = None,
@@ -273,67 +287,26 @@ class _Preset(ResNet):
                      **ResNet.CONFIGS[self.DEPTH])
 
 
+# The presets' docstrings (each with its worked example) are _preset_doc(DEPTH).
 class ResNet18(_Preset):
-  """ResNet-18 (``ResNet.CONFIGS[18]``); named ``res_net18`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet18(num_classes=1000)(x, is_training)
-  """
   DEPTH = 18
 
 
 class ResNet34(_Preset):
-  """ResNet-34 (``ResNet.CONFIGS[34]``); named ``res_net34`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet34(num_classes=1000)(x, is_training)
-  """
   DEPTH = 34
 
 
 class ResNet50(_Preset):
-  """ResNet-50 (``ResNet.CONFIGS[50]``); named ``res_net50`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet50(num_classes=1000)(x, is_training)
-  """
   DEPTH = 50
 
 
 class ResNet101(_Preset):
-  """ResNet-101 (``ResNet.CONFIGS[101]``); named ``res_net101`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet101(num_classes=1000)(x, is_training)
-  """
   DEPTH = 101
 
 
 class ResNet152(_Preset):
-  """ResNet-152 (``ResNet.CONFIGS[152]``); named ``res_net152`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet152(num_classes=1000)(x, is_training)
-  """
   DEPTH = 152
 
 
 class ResNet200(_Preset):
-  """ResNet-200 (``ResNet.CONFIGS[200]``); named ``res_net200`` by default, as in Haiku.
-
-  Example::
-
-      def f(x, is_training):                       # x: (batch, 224, 224, 3)
-        return purify.nn.ResNet200(num_classes=1000)(x, is_training)
-  """
   DEPTH = 200
