@@ -303,3 +303,71 @@ def trace_scratch(trace) -> dict:
   if d is None:
     d = trace.__dict__["_purify_scratch"] = {}
   return d
+
+
+# ============================================================================= fuse_random_bits
+# (issue 5) What the fuse-random-bits pass needs from JAX's PRNG internals: the
+# random_bits / threefry2x32 primitives, the counters ``iota_2x32_shape`` (both
+# jax/_src/random/prng.py and threefry2x32.py on 0.10.2 and 0.12), whether a key
+# type is threefry, and whether an equation's context lowers random_bits in the
+# partitionable form (the form the pass reproduces) and a jit is a plain call.
+from jax._src.random import prng as _prng  # noqa: E402
+from jax._src.random import threefry2x32 as _threefry  # noqa: E402
+
+random_bits_p = _prng.random_bits_p
+threefry2x32_p = _threefry.threefry2x32_p
+
+
+def threefry2x32(k1, k2, c1, c2):
+  """``threefry2x32_p.bind``: the raw hash, elementwise (broadcasting) in its operands."""
+  return threefry2x32_p.bind(k1, k2, c1, c2)
+
+
+def iota_2x32_shape(shape):
+  """The counters of ``random_bits(key, _, shape)``: (hi, lo) uint32 halves of the
+  row-major uint64 iota of ``shape`` (zeros for ``shape == ()``)."""
+  return _prng.iota_2x32_shape(tuple(shape))
+
+
+def is_threefry_key_aval(aval) -> bool:
+  """A typed key array (any shape) of the default threefry2x32 implementation."""
+  dt = getattr(aval, "dtype", None)
+  if dt is None or not jax.dtypes.issubdtype(dt, jax.dtypes.prng_key):
+    return False
+  return getattr(dt, "_impl", None) is _threefry.threefry_prng_impl
+
+
+def eqn_lowers_partitionable_bits(eqn) -> bool:
+  """``eqn`` lowers under threefry_partitionable, no compute_type/xla_metadata, no
+  mesh (lowering re-enters ``eqn.ctx``: that, not the global flag, decides)."""
+  ctx = getattr(eqn, "ctx", None)
+  if ctx is None or not getattr(ctx, "threefry_partitionable", False):
+    return False
+  if getattr(ctx, "compute_type", None) is not None or getattr(ctx, "xla_metadata", None):
+    return False
+  mesh = getattr(ctx, "cur_abstract_mesh", None)
+  return mesh is None or bool(getattr(mesh, "empty", False))
+
+
+def with_eqn_ctx(eqn, like):
+  """``eqn`` with the context (and source info) of ``like``."""
+  return eqn.replace(ctx=like.ctx, source_info=like.source_info)
+
+
+def jit_is_plain_call(params) -> bool:
+  """A jit equation that is only a call: no shardings, layouts, compiler options,
+  mesh or consts — inlining it does not change what is computed."""
+  from jax._src.named_sharding import UnspecifiedValue
+  if any(not isinstance(s, UnspecifiedValue) for s in params.get("in_shardings", ())):
+    return False
+  if any(not isinstance(s, UnspecifiedValue) for s in params.get("out_shardings", ())):
+    return False
+  if any(x is not None for x in tuple(params.get("in_layouts", ())) + tuple(params.get("out_layouts", ()))):
+    return False
+  if params.get("compiler_options_kvs"):
+    return False
+  mesh = params.get("ctx_mesh")
+  if mesh is not None and not getattr(mesh, "empty", True):
+    return False
+  j = params.get("jaxpr")
+  return j is not None and not consts_of(j) and not open_of(j).constvars

@@ -5,13 +5,14 @@ from purify.passes.thread_rng import ThreadRng
 from purify.passes.thread_state import ThreadState
 from purify.passes.group_init import GroupInit
 from purify.passes.split_init import SplitInit
+from purify.passes.fuse_random_bits import FuseRandomBits
 from purify.passes.stacks_as_xs import StacksAsXs
 from purify.passes.dce import DeadCodeElimination
 from purify.passes.verify_pure import VerifyPure
 from purify.passes._thread import HOP_RULES, register_hop_rule
 
 DEFAULT_PASSES = (HoistParams(), ThreadRng(), ThreadState(), GroupInit(), SplitInit(),
-                  StacksAsXs(), DeadCodeElimination(), VerifyPure())
+                  FuseRandomBits(), StacksAsXs(), DeadCodeElimination(), VerifyPure())
 
 
 def default_pipeline() -> Pipeline:

@@ -1,0 +1,290 @@
+"""Pass: one threefry hash for the independent random draws of init.
+
+Every parameter's initializer draws from its own key, so init holds one
+``random_bits`` per initializer group, and XLA compiles each one (a threefry2x32
+hash) separately: on CPU about a second each, most of init's compile time. The
+draws do not depend on one another, so they can share ONE hash: with
+``jax_threefry_partitionable`` (the default on 0.10.2 and 0.12), JAX computes
+``random_bits(key, w, shape)`` on a threefry key as
+
+    k1, k2 = key_data(key)                        # u32 halves, per key of the batch
+    c1, c2 = iota_2x32_shape(shape)               # the u64 counter of each element
+    b1, b2 = threefry2x32(k1, k2, c1, c2)         # elementwise, broadcasting
+    bits = b1 ^ b2  (w=32) | u8/u16(b1 ^ b2) | (u64(b1) << 32) | u64(b2)  (w=64)
+
+and threefry2x32 is elementwise. So the pass (on the init program only):
+
+1. inlines the plain ``jit`` calls that contain a ``random_bits`` (a call is a
+   no-op for what is computed), so the draws are top-level equations;
+2. gives each draw a *level*: how many other draws (or loops/conds/calls that
+   draw) it depends on; draws inside a loop/cond/custom rule are left alone;
+3. replaces the live threefry draws of one level (two or more) by ONE
+   ``threefry2x32`` on the concatenation of their flat operands (each call's key
+   broadcast to its output shape, its counters broadcast over its key batch),
+   then slices, reshapes and finishes each draw as JAX does — bitwise the same
+   values;
+4. re-sorts the equations topologically.
+
+A program with effects, draws of another PRNG implementation, a context other
+than the plain partitionable one (``eqn.ctx``), or nothing to fuse is returned
+unchanged.
+
+Before::  a = random_bits[32, (3, 4)] k1;  b = random_bits[8, (5,)] k2
+After::   ... ; x, y = threefry2x32 K1 K2 C1 C2 ; a = xor(slice x, slice y) ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import numpy as np
+from jax import lax
+
+from purify import _compat
+from purify.passes._assemble import iter_eqns
+from purify.passes.base import Pass
+
+
+# ----------------------------------------------------------------------------- the fused draw
+def fused_random_bits(specs):
+  """``fn(*keys) -> [random_bits(key_i, w_i, shape_i)]`` through one threefry2x32;
+  ``specs`` are ``(key batch shape, shape, bit width)`` (threefry keys, partitionable
+  form). Bitwise JAX's values (see module docstring).
+
+  Example::
+
+    fn = fused_random_bits((((), (2, 3), 32), ((4,), (5,), 8)))
+    a, b = fn(jax.random.key(0), jax.random.split(jax.random.key(1), 4))
+    # a == jax.random.bits(key0, (2, 3)); b[i] == jax.random.bits(keys[i], (5,), uint8)
+  """
+  def fn(*keys):
+    k1s, k2s, c1s, c2s, outs = [], [], [], [], []
+    for key, (batch, shape, _) in zip(keys, specs):
+      nb, full = len(batch), tuple(batch) + tuple(shape)
+      n = math.prod(full)
+      data = jax.random.key_data(key)                        # batch + (2,)
+      halves = [lax.squeeze(lax.slice_in_dim(data, i, i + 1, axis=nb), (nb,)) for i in (0, 1)]
+      for k, acc in zip(halves, (k1s, k2s)):
+        acc.append(lax.reshape(lax.broadcast_in_dim(k, full, tuple(range(nb))), (n,)))
+      counters = _compat.iota_2x32_shape(shape)
+      for c, acc in zip(counters, (c1s, c2s)):
+        acc.append(lax.reshape(lax.broadcast_in_dim(c, full, tuple(range(nb, len(full)))), (n,)))
+    cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
+    b1, b2 = _compat.threefry2x32(cat(k1s), cat(k2s), cat(c1s), cat(c2s))
+    start = 0
+    for batch, shape, width in specs:
+      full = tuple(batch) + tuple(shape)
+      n = math.prod(full)
+      x1 = lax.reshape(lax.slice_in_dim(b1, start, start + n), full)
+      x2 = lax.reshape(lax.slice_in_dim(b2, start, start + n), full)
+      start += n
+      outs.append(_finish(x1, x2, width))
+    return outs
+  return fn
+
+
+def _finish(bits1, bits2, width):
+  """``_threefry_random_bits_partitionable``'s last step (jax/_src/random/threefry2x32.py)."""
+  dtype = np.dtype(f"uint{width}")
+  if width == 64:
+    hi = lax.convert_element_type(bits1, dtype)
+    lo = lax.convert_element_type(bits2, dtype)
+    return lax.shift_left(hi, np.array(32, dtype)) | lo
+  if width == 32:
+    return bits1 ^ bits2
+  return lax.convert_element_type(bits1 ^ bits2, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_jaxpr(key_avals, specs):
+  cj = jax.make_jaxpr(fused_random_bits(specs))(
+      *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in key_avals])
+  if _compat.consts_of(cj) or _compat.open_of(cj).constvars:
+    raise AssertionError("purify internal: the fused random_bits helper has consts")
+  return cj
+
+
+# ----------------------------------------------------------------------------- the rewrite
+def _draws(jaxpr) -> bool:
+  return any(e.primitive is _compat.random_bits_p for e in iter_eqns(jaxpr))
+
+
+def _sub_jaxprs(eqn):
+  for v in eqn.params.values():
+    if _compat.is_jaxpr(v):
+      yield v
+    elif type(v) is tuple and v and _compat.is_jaxpr(v[0]):
+      yield from v
+
+
+def _inline(eqns, subst):
+  """``eqns`` with every plain jit call that draws inlined, recursively (its body's
+  equations with fresh variables); ``subst`` gets the top-level calls' outputs."""
+  out = []
+  atom = lambda v: v if isinstance(v, _compat.Literal) else subst.get(v, v)  # noqa: E731
+  work = [(e, None) for e in reversed(eqns)]
+  while work:
+    item, env = work.pop()
+    if isinstance(item, tuple):                 # ("bind", call eqn, body, body env)
+      _, call, inner, ienv = item
+      for o, r in zip(call.outvars, inner.outvars):
+        if not isinstance(o, _compat.DropVar):
+          val = r if isinstance(r, _compat.Literal) else ienv[r]
+          if env is not None:                   # the call itself sat in an inlined body
+            env[o] = val
+          else:
+            subst[o] = val
+      continue
+    e = item
+    if env is not None:
+      ins = [v if isinstance(v, _compat.Literal) else env[v] for v in e.invars]
+    else:
+      ins = [atom(v) for v in e.invars]
+    if (e.primitive is _compat.jit_p and not e.effects and _compat.jit_is_plain_call(e.params)
+        and _draws(e.params["jaxpr"])):
+      inner = _compat.open_of(e.params["jaxpr"])
+      ienv = dict(zip(inner.invars, ins))
+      work.append((("bind", e, inner, ienv), env))
+      work.extend((ie, ienv) for ie in reversed(inner.eqns))
+      continue
+    if env is not None:
+      outs = []
+      for v in e.outvars:
+        nv = v if isinstance(v, _compat.DropVar) else _compat.Var(v.aval)
+        env[v] = nv
+        outs.append(nv)
+      e = e.replace(invars=ins, outvars=outs)
+    elif any(a is not b for a, b in zip(ins, e.invars)):
+      e = e.replace(invars=ins)
+    out.append(e)
+  return out
+
+
+def _fusable(e) -> bool:
+  """A threefry ``random_bits`` JAX lowers in the partitionable form."""
+  if e.primitive is not _compat.random_bits_p or e.effects or len(e.invars) != 1:
+    return False
+  k = e.invars[0]
+  if isinstance(k, _compat.Literal) or not _compat.is_threefry_key_aval(k.aval):
+    return False
+  if e.params.get("bit_width") not in (8, 16, 32, 64) or not _compat.eqn_lowers_partitionable_bits(e):
+    return False
+  full = tuple(k.aval.shape) + tuple(e.params["shape"])
+  return all(type(d) is int for d in full) and math.prod(full) > 0
+
+
+def _draws_in(e) -> bool:
+  return e.primitive is _compat.random_bits_p or any(_draws(j) for j in _sub_jaxprs(e))
+
+
+def _splice(helper, ins, targets, like):
+  """``helper``'s equations on ``ins``, its outputs bound to ``targets``."""
+  h = _compat.open_of(helper)
+  env = dict(zip(h.invars, ins))
+  out_map = dict(zip(h.outvars, targets))
+  eqns = []
+  for e in h.eqns:
+    outs = [out_map.get(v) or _compat.Var(v.aval) for v in e.outvars]
+    env.update(zip(e.outvars, outs))
+    eqns.append(_compat.with_eqn_ctx(
+        e.replace(invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
+                  outvars=outs), like))
+  return eqns
+
+
+def _toposort(eqns):
+  """``eqns`` in an order where every operand is defined before use: each equation
+  is emitted after its producers, otherwise in list order (iterative DFS)."""
+  producer = {}
+  for i, e in enumerate(eqns):
+    for v in e.outvars:
+      if not isinstance(v, _compat.DropVar):
+        producer[v] = i
+  state = [0] * len(eqns)          # 0 new, 1 on the path, 2 emitted
+  out = []
+  for root in range(len(eqns)):
+    stack = [(root, False)]
+    while stack:
+      i, expanded = stack.pop()
+      if expanded:
+        state[i] = 2
+        out.append(eqns[i])
+        continue
+      if state[i] == 2:
+        continue
+      if state[i] == 1:
+        raise AssertionError("purify internal: fuse_random_bits made a cycle")
+      state[i] = 1
+      stack.append((i, True))
+      for v in reversed(eqns[i].invars):
+        p = None if isinstance(v, _compat.Literal) else producer.get(v)
+        if p is not None and state[p] != 2:
+          stack.append((p, False))
+  return out
+
+
+def fuse(closed_jaxpr):
+  """``closed_jaxpr`` with each level of independent threefry draws fused into one
+  threefry2x32 (see module docstring); the same object when there is nothing to do."""
+  j = _compat.open_of(closed_jaxpr)
+  if j.effects or not any(e.primitive is _compat.random_bits_p for e in iter_eqns(j)):
+    return closed_jaxpr
+  subst: dict = {}
+  eqns = _inline(list(j.eqns), subst)
+  outvars = [v if isinstance(v, _compat.Literal) else subst.get(v, v) for v in j.outvars]
+  live = {v for v in outvars if not isinstance(v, _compat.Literal)}
+  is_live = [False] * len(eqns)
+  for i in reversed(range(len(eqns))):
+    e = eqns[i]
+    if e.effects or any(v in live for v in e.outvars):
+      is_live[i] = True
+      live.update(v for v in e.invars if not isinstance(v, _compat.Literal))
+  level: dict = {}                 # var -> how many draws it depends on (a chain's length)
+  groups: dict = {}
+  for i, e in enumerate(eqns):
+    d = max((level.get(v, 0) for v in e.invars if not isinstance(v, _compat.Literal)), default=0)
+    if is_live[i] and _fusable(e):
+      groups.setdefault(d, []).append(i)
+    d_out = d + 1 if _draws_in(e) else d
+    for v in e.outvars:
+      level[v] = d_out
+  spliced: dict = {}               # first member's index -> the fused equations
+  removed: set = set()
+  for members in groups.values():
+    if len(members) < 2:
+      continue
+    es = [eqns[i] for i in members]
+    keys = [e.invars[0] for e in es]
+    specs = tuple((tuple(k.aval.shape), tuple(e.params["shape"]), int(e.params["bit_width"]))
+                  for k, e in zip(keys, es))
+    helper = _fused_jaxpr(tuple(k.aval for k in keys), specs)
+    if any(o.aval != e.outvars[0].aval for o, e in zip(_compat.open_of(helper).outvars, es)):
+      continue                     # e.g. a sharded aval: leave this level as it is
+    spliced[members[0]] = _splice(helper, keys, [e.outvars[0] for e in es], es[0])
+    removed.update(members)
+  if not spliced:
+    return closed_jaxpr
+  new_eqns = []
+  for i, e in enumerate(eqns):
+    new_eqns.extend(spliced.get(i, ()))
+    if i not in removed:
+      new_eqns.append(e)
+  return _compat.replace_jaxpr(closed_jaxpr, eqns=_toposort(new_eqns), outvars=outvars)
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseRandomBits(Pass):
+  """See the module docstring. ``enabled=False`` keeps the program as it is (a
+  pipeline without the fusion, for comparisons)."""
+  name = "fuse_random_bits"
+  requires = frozenset({"split"})
+  provides = frozenset({"random_bits_fused"})
+  enabled: bool = True
+
+  def run(self, program):
+    if not self.enabled or program.init_jaxpr is None:
+      return program
+    new = fuse(program.init_jaxpr)
+    return program if new is program.init_jaxpr else program.replace(init_jaxpr=new)

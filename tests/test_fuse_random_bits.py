@@ -1,0 +1,191 @@
+"""The fuse-random-bits pass: init's independent threefry draws share ONE threefry2x32
+hash, and every initial value is bitwise what the pipeline without the pass gives
+(ResNet, TransformerLM, an MLP of assorted initializers, raw and typed root keys,
+8/16/32/64-bit draws); a program with nothing to fuse is left as it is."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+import purify
+from purify import _compat
+from purify import passes
+from purify.passes._assemble import iter_eqns
+from purify.passes.fuse_random_bits import fuse, fused_random_bits
+
+UNFUSED = passes.Pipeline([p for p in passes.DEFAULT_PASSES if p.name != "fuse_random_bits"])
+TYPED, RAW = jax.random.key(5), jax.random.PRNGKey(5)
+
+
+def count(jaxpr, prim):
+  return sum(e.primitive is prim for e in iter_eqns(jaxpr))
+
+
+def draws(jaxpr):
+  return count(jaxpr, _compat.random_bits_p), count(jaxpr, _compat.threefry2x32_p)
+
+
+def assert_bitwise(a, b):
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    x, y = np.atleast_1d(np.asarray(x)), np.atleast_1d(np.asarray(y))
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+def check_init(f, *args, with_state=False, root=TYPED):
+  """init with and without the pass: bitwise equal; returns the explain stages and
+  the fused init's values."""
+  make = purify.transform_with_state if with_state else purify.transform
+  got = make(f).init(root, *args)
+  assert_bitwise(got, make(f, pipeline=UNFUSED).init(root, *args))
+  assert jax.tree_util.tree_leaves(got)
+  return dict(purify.explain(f, *args, key=root)), got
+
+
+def check_fused_to_one(stages):
+  """Before the pass N >= 2 draws (and no hash); after it none, one hash (also after DCE)."""
+  before = draws(stages["split_init"].init_jaxpr)
+  assert before[0] >= 2 and before[1] == 0, before
+  assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
+  assert draws(stages["verify_pure"].init_jaxpr) == (0, 1)
+  return before[0]
+
+
+# ----------------------------------------------------------------------------- models
+def resnet(x, is_training):
+  net = purify.nn.ResNet(blocks_per_group=(0, 0, 0, 1), num_classes=5, bottleneck=True,
+                         channels_per_group=(8, 8, 16, 16), use_projection=(True,) * 4,
+                         initial_conv_config=dict(output_channels=8, kernel_shape=3))
+  return net(x, is_training)
+
+
+def test_resnet_init_is_bitwise_the_unfused_init():
+  stages, _ = check_init(resnet, jnp.ones((1, 16, 16, 3)), True, with_state=True)
+  assert check_fused_to_one(stages) >= 4         # the convs' truncated normals, by shape
+
+
+def test_transformer_lm_init_is_bitwise_the_unfused_init():
+  """Stacked layers (scan_layers: one vmapped initializer call per stack) and a raw
+  ``PRNGKey`` root."""
+  lm = lambda tok: purify.nn.TransformerLM(11, 8, 2, 2, max_len=4, scan_layers=True)(  # noqa: E731
+      tok, is_training=False)
+  check_fused_to_one(check_init(lm, jnp.zeros((1, 4), jnp.int32), root=RAW)[0])
+
+
+def two_draws(key, shape, dtype):
+  """A custom initializer drawing twice, from split keys."""
+  k1, k2 = jax.random.split(key)
+  return jax.random.normal(k1, shape, dtype) + jax.random.uniform(k2, shape, dtype)
+
+
+def bits_init(dtype):
+  return lambda key, shape, _: jax.random.bits(key, shape, dtype)
+
+
+INITS = [jax.nn.initializers.normal(0.3), jax.nn.initializers.truncated_normal(0.5),
+         functools.partial(jax.random.uniform, minval=-2.0), jax.nn.initializers.orthogonal(),
+         jax.nn.initializers.variance_scaling(2.0, "fan_avg", "uniform"), two_draws]
+
+
+def mlp(x):
+  for i, init in enumerate(INITS):
+    x = jnp.tanh(x @ purify.param(f"w{i}", (4, 4), init=init))
+  x = x + purify.param("b", (4,), init=two_draws)
+  for dtype in (jnp.uint8, jnp.uint16):
+    x = x + purify.param(f"bits_{jnp.dtype(dtype).name}", (4,), dtype,
+                         init=bits_init(dtype)).astype(jnp.float32)
+  return x + jax.random.uniform(purify.next_rng_key(), x.shape)   # apply-only draw
+
+
+def test_mlp_of_assorted_initializers_is_bitwise_the_unfused_init():
+  """Also against JAX directly: each parameter has the values of its own initializer
+  called on its own key (under jit, as init runs)."""
+  stages, params = check_init(mlp, jnp.ones((2, 4)), root=RAW)
+  # every group's draws (two for each custom initializer call), none of apply's
+  assert check_fused_to_one(stages) == len(INITS) + 1 + 2 + 2
+  for name, init, shape, dtype in [("w5", two_draws, (4, 4), jnp.float32),
+                                   ("bits_uint8", bits_init(jnp.uint8), (4,), jnp.uint8)]:
+    want = jax.jit(lambda r: init(purify.keys.param_key(r, "~/" + name), shape, dtype))(RAW)
+    assert_bitwise(params["~"][name], want)
+
+
+def test_64_bit_draws_under_x64():
+  with jax.enable_x64(True):
+    def f(x):
+      a = purify.param("a", (3,), jnp.uint64, init=bits_init(jnp.uint64))
+      b = purify.param("b", (2, 2), jnp.uint64, init=bits_init(jnp.uint64))
+      c = purify.param("c", (5,), jnp.uint16, init=bits_init(jnp.uint16))
+      return x + a.sum() + b.sum() + c.sum()
+    stages, _ = check_init(f, jnp.ones((), jnp.uint64))
+    assert check_fused_to_one(stages) == 3
+    helper = jax.make_jaxpr(fused_random_bits((((), (3,), 64),)))(TYPED)
+    assert _compat.open_of(helper).outvars[0].aval.dtype == jnp.uint64
+
+
+def test_dependent_draws_fuse_by_level():
+  """A draw whose key depends on another draw's value waits for it: each level of
+  independent draws is one hash (here two levels: two hashes, values unchanged)."""
+  def chained(key, shape, dtype):
+    first = jax.random.bits(key, (), jnp.uint32)
+    return jax.random.normal(jax.random.fold_in(key, first), shape, dtype)
+
+  def f(x):
+    return (x * purify.param("a", (3,), init=chained) + purify.param("b", (2, 3), init=chained)
+            + purify.param("c", (3,), init=INITS[0]))
+  stages, _ = check_init(f, jnp.ones(3))
+  assert draws(stages["split_init"].init_jaxpr) == (5, 0)
+  assert draws(stages["verify_pure"].init_jaxpr) == (0, 2)
+
+
+def test_nothing_to_fuse_leaves_the_program_unchanged():
+  def no_draws(x):
+    return x * purify.param("w", (3,), init=jax.nn.initializers.ones) + purify.get_state(
+        "s", (3,), init=jnp.zeros)
+
+  def one_draw(x):
+    return x * purify.param("w", (3,), init=INITS[0])
+
+  def two_draws_model(x):
+    return x * purify.param("w", (3,), init=INITS[0]) + purify.param("v", (2, 3), init=INITS[2])
+
+  for f in (no_draws, one_draw):
+    stages = dict(purify.explain(f, jnp.ones(3)))
+    assert stages["fuse_random_bits"].init_jaxpr is stages["split_init"].init_jaxpr
+  assert draws(stages["split_init"].init_jaxpr) == (1, 0)
+  # draws lowered in JAX's original (non-partitionable) form are not touched
+  with jax.threefry_partitionable(False):
+    stages = dict(purify.explain(two_draws_model, jnp.ones(3)))
+  assert draws(stages["split_init"].init_jaxpr) == (2, 0)
+  assert stages["fuse_random_bits"].init_jaxpr is stages["split_init"].init_jaxpr
+  # (and with it, they are fused)
+  stages = dict(purify.explain(two_draws_model, jnp.ones(3)))
+  assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
+
+
+def test_fuse_on_a_plain_jaxpr():
+  """``fuse`` directly: batched keys, several widths, a draw inside a loop (left in
+  place), another PRNG implementation (left alone); bitwise the same outputs."""
+  def f(k, ks, r):
+    a = jax.random.uniform(k, (3, 4))
+    b = jax.vmap(lambda kk: jax.random.bits(kk, (5,), jnp.uint8))(ks)
+    c = jax.random.bits(k, (), jnp.uint16)
+    d = jax.lax.fori_loop(0, 2, lambda i, s: s + jax.random.normal(jax.random.fold_in(k, i)), 0.)
+    e = jax.random.normal(r, (2,))
+    return a, b, c, d, e
+
+  args = (TYPED, jax.random.split(TYPED, 3), jax.random.key(1, impl="rbg"))
+  cj = jax.make_jaxpr(f)(*args)
+  fused = fuse(cj)
+  _compat.check_jaxpr(fused)
+  assert draws(cj) == (5, 0) and draws(fused) == (2, 1)      # the loop's and rbg's remain
+  run = lambda j: jax.jit(jcore.jaxpr_as_fun(j))(*args)  # noqa: E731
+  assert_bitwise(run(fused), run(cj))
+  assert fuse(fused) is fused                               # idempotent
+
+
+def test_pass_is_in_the_default_pipeline_after_split_init():
+  names = passes.default_pipeline().names
+  assert names.index("fuse_random_bits") == names.index("split_init") + 1
