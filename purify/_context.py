@@ -111,7 +111,6 @@ class Frame:
     self.param_logs: list = []        # active logs of the (module, name)s read
     self.creators: list = []     # purify.custom_creator interceptors, outer -> inner
     self.getters: list = []      # purify.custom_getter interceptors, outer -> inner
-    self.replay = None           # {(module, name): value}: a replay frame (see replay_frame)
     self.lifting = 0
     self.events = 0
     self.top_trace = None        # the trace of the user's function itself (set by trace)
@@ -166,21 +165,6 @@ class declared_in:
   def __exit__(self, *exc):
     self.frame.module_stack.pop()
     return False
-
-
-def replay_frame(frame: "Frame", params: dict) -> "Frame":
-  """A frame that re-runs code of ``frame`` purely: modules are named as they would
-  be at this point of ``frame`` (counters and module stack copied), every parameter
-  read returns ``params[(module, name)]`` without binding an effect, and any other
-  effect is an error. purify's custom_jvp/custom_vjp run the user's functions in one
-  when JAX differentiates them — possibly long after the trace ended."""
-  r = Frame(frame.key_aval)
-  r.module_counts = dict(frame.module_counts)
-  r.module_names = set(frame.module_names)
-  r.module_stack = [ModuleScope(s.module, s.method_name, dict(s.counters), set(s.used))
-                    for s in frame.module_stack]
-  r.replay = params
-  return r
 
 
 class rewind:

@@ -99,7 +99,7 @@ def _discharge(trace, frame, prim, tracers, params):
 def _hook(trace, prim, tracers, params, original):
   if prim is fx.get_state_p or prim is fx.set_state_p or prim in _thread.HOP_RULES:
     frame = _context.maybe_frame()
-    if frame is not None and frame.replay is None:
+    if frame is not None:
       key = (params.get("module"), params.get("name"))
       if prim is fx.get_state_p:
         pair = _remembered(trace, frame).get(key)

@@ -378,7 +378,7 @@ class _Base:
 
   def __call__(self, *args, **kwargs):
     frame = _context.maybe_frame()
-    if frame is None or frame.replay is not None or not self._has_rule():
+    if frame is None or not self._has_rule():
       return self._jax(*args, **kwargs)
     mine = getattr(frame, "purify_custom", None)
     if mine is not None and mine[0] is self:      # the function called in its own rule

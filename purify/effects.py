@@ -315,13 +315,6 @@ def param(name: str, shape, dtype=jnp.float32, init: Callable | None = None):
 
 
 def _declare_param(frame, module, name, shape, dtype, init):
-  if frame.replay is not None:
-    if (module, name) not in frame.replay:
-      raise errors.CustomRuleEffectError(
-          f"purify.custom_jvp/custom_vjp: parameter '{module}/{name}' is read when JAX "
-          f"differentiates the function, but was not read when purify traced it. The "
-          f"function must read the same parameters every time it runs.")
-    return frame.replay[(module, name)]
   entries = frame.stack_for(f"{module}/{name}")
   stack = tuple(size for size, _ in entries)
   full_shape = stack + shape
@@ -492,8 +485,6 @@ def next_rng_key():
         return jnp.where(keep, x / 0.9, 0.)
   """
   frame = _context.current_frame("next_rng_key")
-  if frame.replay is not None:
-    raise errors.CustomRuleEffectError(errors.REPLAY_EFFECT.format(effect="next_rng_key()"))
   module = frame.module_path()
   n = frame.rng_counts.get(module, 0)
   frame.rng_counts[module] = n + 1
@@ -549,8 +540,6 @@ def get_state(name: str, shape=None, dtype=jnp.float32, init: Callable | None = 
         return x
   """
   frame = _context.current_frame("get_state", repr(name))
-  if frame.replay is not None:
-    raise errors.CustomRuleEffectError(errors.REPLAY_EFFECT.format(effect=f"get_state({name!r})"))
   shape = None if shape is None else _norm_shape(shape, "get_state", name)
   dtype = jnp.dtype(dtype)
   exists = (frame.module_path(), name) in frame.states
@@ -569,8 +558,6 @@ def set_state(name: str, value) -> None:
   """Write state ``name`` of the current module. The value's shape and dtype must
   match the state's; state created by ``set_state`` starts at the first value set."""
   frame = _context.current_frame("set_state", repr(name))
-  if frame.replay is not None:
-    raise errors.CustomRuleEffectError(errors.REPLAY_EFFECT.format(effect=f"set_state({name!r})"))
   weak = isinstance(value, (int, float, bool))
   value = jnp.asarray(value)
   prev = frame.states.get((frame.module_path(), name))

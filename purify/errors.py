@@ -203,8 +203,3 @@ axis: jax.lax.pmax(pred, "batch")), or compute the per-example values without
 set_state and write a batch reduction (jax.lax.pmean(value, "batch")) outside the
 branch."""
 
-REPLAY_EFFECT = """\
-purify.{effect} inside a function given to purify.custom_jvp / purify.custom_vjp.
-Those functions may only read parameters (their gradients are derived for you); keys
-and state are not supported there yet. Draw the key / read the state outside and pass
-it in as an argument."""
