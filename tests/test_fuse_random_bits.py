@@ -13,6 +13,7 @@ import purify
 from purify import _compat
 from purify import passes
 from purify.passes._assemble import iter_eqns
+from purify.passes import fuse_random_bits
 from purify.passes.fuse_random_bits import fuse, fused_random_bits
 
 UNFUSED = passes.Pipeline([p for p in passes.DEFAULT_PASSES if p.name != "fuse_random_bits"])
@@ -165,9 +166,10 @@ def test_nothing_to_fuse_leaves_the_program_unchanged():
   assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
 
 
-def test_fuse_on_a_plain_jaxpr():
+def test_fuse_on_a_plain_jaxpr(monkeypatch):
   """``fuse`` directly: batched keys, several widths, a draw inside a loop (left in
-  place), another PRNG implementation (left alone); bitwise the same outputs."""
+  place), another PRNG implementation (left alone), a cap on the fused size; bitwise
+  the same outputs."""
   def f(k, ks, r):
     a = jax.random.uniform(k, (3, 4))
     b = jax.vmap(lambda kk: jax.random.bits(kk, (5,), jnp.uint8))(ks)
@@ -184,6 +186,13 @@ def test_fuse_on_a_plain_jaxpr():
   run = lambda j: jax.jit(jcore.jaxpr_as_fun(j))(*args)  # noqa: E731
   assert_bitwise(run(fused), run(cj))
   assert fuse(fused) is fused                               # idempotent
+  # a size cap: draws of 12, 15 and 1 elements -> 15 + 1 fused, 12 alone
+  monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", 16)
+  capped = fuse(cj)
+  assert draws(capped) == (3, 1)
+  assert_bitwise(run(capped), run(cj))
+  monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", 12)   # none fits with another
+  assert fuse(cj) is cj
 
 
 def test_pass_is_in_the_default_pipeline_after_split_init():

@@ -22,7 +22,8 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    ``threefry2x32`` on the concatenation of their flat operands (each call's key
    broadcast to its output shape, its counters broadcast over its key batch),
    then slices, reshapes and finishes each draw as JAX does — bitwise the same
-   values;
+   values (a level above ``MAX_FUSED_ELEMENTS`` elements in all is fused in
+   chunks of at most that size, which bounds the extra memory);
 4. re-sorts the equations topologically.
 
 A program with effects, draws of another PRNG implementation, a context other
@@ -175,6 +176,33 @@ def _fusable(e) -> bool:
   return all(type(d) is int for d in full) and math.prod(full) > 0
 
 
+#: At most this many elements in one fused hash: its operands are materialized
+#: (4 x 4 bytes an element), so a level of a huge model is fused in chunks, and a
+#: draw at least this large is left as it is (fusing it saves nothing).
+MAX_FUSED_ELEMENTS = 2 ** 25
+
+
+def _size(e) -> int:
+  return math.prod(tuple(e.invars[0].aval.shape) + tuple(e.params["shape"]))
+
+
+def _chunks(eqns, members):
+  """``members`` (indices of one level's draws) packed in order into chunks of at
+  most ``MAX_FUSED_ELEMENTS`` elements; only chunks of two or more draws."""
+  out, cur, total = [], [], 0
+  for i in members:
+    n = _size(eqns[i])
+    if n >= MAX_FUSED_ELEMENTS:
+      continue
+    if total + n > MAX_FUSED_ELEMENTS:
+      out.append(cur)
+      cur, total = [], 0
+    cur.append(i)
+    total += n
+  out.append(cur)
+  return [c for c in out if len(c) >= 2]
+
+
 def _draws_in(e) -> bool:
   return e.primitive is _compat.random_bits_p or any(_draws(j) for j in _sub_jaxprs(e))
 
@@ -252,9 +280,7 @@ def fuse(closed_jaxpr):
       level[v] = d_out
   spliced: dict = {}               # first member's index -> the fused equations
   removed: set = set()
-  for members in groups.values():
-    if len(members) < 2:
-      continue
+  for members in (c for g in groups.values() for c in _chunks(eqns, g)):
     es = [eqns[i] for i in members]
     keys = [e.invars[0] for e in es]
     specs = tuple((tuple(k.aval.shape), tuple(e.params["shape"]), int(e.params["bit_width"]))
