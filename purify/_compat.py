@@ -240,6 +240,14 @@ def while_predicate_batched(axis_data, dims, params) -> bool:
   return bool(pred)
 
 
+# ----------------------------------------------------------------------------- arguments
+def resolve_kwargs(fun, args, kwargs):
+  """The positional arguments JAX binds for ``fun(*args, **kwargs)`` (keywords and
+  defaults resolved as jax.custom_jvp/custom_vjp resolve them)."""
+  from jax._src import api_util
+  return api_util.resolve_kwargs(fun, args, kwargs)
+
+
 # ----------------------------------------------------------------------------- autodiff traces
 from jax._src.interpreters import ad as _ad  # noqa: E402
 

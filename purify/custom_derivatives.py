@@ -38,7 +38,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src import api_util as _api_util  # resolve_kwargs: the arguments as JAX binds them
 
 from purify import _compat
 from purify import _context
@@ -301,7 +300,7 @@ def _positional(fun, args, kwargs, kind):
   """The arguments as JAX's custom_jvp/custom_vjp resolve them: bound to ``fun``'s
   signature, defaults filled in, all positional."""
   try:
-    return tuple(_api_util.resolve_kwargs(fun, args, kwargs))
+    return tuple(_compat.resolve_kwargs(fun, args, kwargs))
   except TypeError as e:
     raise TypeError(f"The input arguments to the {kind}-decorated function {_fun_name(fun)} "
                     f"could not be resolved to positional-only arguments. Binding failed "
