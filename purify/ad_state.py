@@ -32,6 +32,7 @@ from purify import _compat
 from purify import _context
 from purify import effects as fx
 from purify.passes import _thread
+from purify.passes._assemble import jaxprs_in
 from purify.passes.thread_state import _State
 
 _KEY = "state"
@@ -64,11 +65,8 @@ _LocalState.leaf_rules[fx.set_state_p] = _plain_set
 
 
 def _has_state(params) -> bool:
-  for v in params.values():
-    for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-      if _compat.is_jaxpr(sub) and fx.has_effect(_compat.open_of(sub).effects, (fx.StateEffect,)):
-        return True
-  return False
+  return any(fx.has_effect(_compat.open_of(j).effects, (fx.StateEffect,))
+             for j in jaxprs_in(params))
 
 
 def _read(trace, frame, ch):

@@ -44,6 +44,7 @@ from purify import _context
 from purify import effects
 from purify import errors
 from purify.passes import _thread
+from purify.passes._assemble import jaxprs_in
 
 _LOOPS = frozenset({"scan", "while", "shard_map", "xla_pmap"})
 SymbolicZero = jax.custom_derivatives.SymbolicZero
@@ -81,13 +82,6 @@ def _fun_name(fun) -> str:
 
 def _is_array(x) -> bool:
   return isinstance(x, (jax.Array, np.ndarray, np.generic, _compat.Tracer))
-
-
-def _sub_jaxprs(eqn):
-  for v in eqn.params.values():
-    for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-      if _compat.is_jaxpr(sub):
-        yield sub
 
 
 # ----------------------------------------------------------------------------- the frame at the call
@@ -179,7 +173,7 @@ def _discover(frame, kind, fun, args) -> _Found:
               kind=kind, fun=name, site=site, where=where))
         if p["site"] not in found.sites:
           found.sites.append(p["site"])
-      for sub in _sub_jaxprs(e):
+      for sub in jaxprs_in(e.params):
         walk(sub, where if where is not None or e.primitive.name not in _LOOPS
              else f"a {e.primitive.name}")
 

@@ -37,21 +37,44 @@ def assemble_top(program, t, rw, worker, *, in_channels, out_channels, first_val
                          out_roles=tuple(r for r, _ in outs))
 
 
+def jaxprs_in(params) -> list:
+  """The jaxprs among an equation's ``params`` (a scan's body, cond's branches...)."""
+  out = []
+  for v in params.values():
+    if isinstance(v, _compat.JAXPR_TYPES):
+      out.append(v)
+    elif type(v) is tuple and v and isinstance(v[0], _compat.JAXPR_TYPES):   # cond's branches
+      out.extend(v)
+  return out
+
+
+def map_sub_jaxprs(eqn, fn):
+  """``eqn`` with ``fn`` applied to each jaxpr in its params (``eqn`` itself when
+  ``fn`` changes none)."""
+  new = {}
+  for k, v in eqn.params.items():
+    if isinstance(v, _compat.JAXPR_TYPES):
+      nv = fn(v)
+      if nv is not v:
+        new[k] = nv
+    elif type(v) is tuple and v and isinstance(v[0], _compat.JAXPR_TYPES):
+      nv = tuple(fn(x) for x in v)
+      if any(a is not b for a, b in zip(nv, v)):
+        new[k] = nv
+  return eqn.replace(params=dict(eqn.params, **new)) if new else eqn
+
+
 def iter_eqns(jaxpr):
   """Every equation of ``jaxpr`` and of its sub-jaxprs, recursively (a list, in no
   particular order; iterative — these walks run on every program)."""
   out = []
-  kinds, open_of = _compat.JAXPR_TYPES, _compat.open_of
+  open_of = _compat.open_of
   stack = [open_of(jaxpr)]
   while stack:
     eqns = stack.pop().eqns
     out.extend(eqns)
     for e in eqns:
-      for v in e.params.values():
-        if isinstance(v, kinds):
-          stack.append(open_of(v))
-        elif type(v) is tuple and v and isinstance(v[0], kinds):   # cond's branches
-          stack.extend(open_of(x) for x in v)
+      stack.extend(open_of(j) for j in jaxprs_in(e.params))
   return out
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import iter_eqns
+from purify.passes._assemble import iter_eqns, jaxprs_in
 from purify.passes.base import Pass
 
 
@@ -110,14 +110,6 @@ def _fused_jaxpr(key_avals, specs):
 # ----------------------------------------------------------------------------- the rewrite
 def _draws(jaxpr) -> bool:
   return any(e.primitive is _compat.random_bits_p for e in iter_eqns(jaxpr))
-
-
-def _sub_jaxprs(eqn):
-  for v in eqn.params.values():
-    if _compat.is_jaxpr(v):
-      yield v
-    elif type(v) is tuple and v and _compat.is_jaxpr(v[0]):
-      yield from v
 
 
 def _inline(eqns, subst):
@@ -204,7 +196,7 @@ def _chunks(eqns, members):
 
 
 def _draws_in(e) -> bool:
-  return e.primitive is _compat.random_bits_p or any(_draws(j) for j in _sub_jaxprs(e))
+  return e.primitive is _compat.random_bits_p or any(_draws(j) for j in jaxprs_in(e.params))
 
 
 def _splice(helper, ins, targets, like):

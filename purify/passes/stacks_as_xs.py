@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from purify import _compat
+from purify.passes._assemble import map_sub_jaxprs
 from purify.passes.base import Pass
 
 
@@ -112,17 +113,7 @@ def rewrite(jaxpr):
   producers = {}
   eqns, changed = [], False
   for e in j.eqns:
-    new_params = {}
-    for k, v in e.params.items():
-      if _compat.is_jaxpr(v):
-        nv = rewrite(v)
-        if nv is not v:
-          new_params[k] = nv
-      elif type(v) is tuple and v and _compat.is_jaxpr(v[0]):
-        nv = tuple(rewrite(x) for x in v)
-        if any(a is not b for a, b in zip(nv, v)):
-          new_params[k] = nv
-    e2 = e.replace(params=dict(e.params, **new_params)) if new_params else e
+    e2 = map_sub_jaxprs(e, rewrite)
     if e2.primitive is _compat.scan_p:
       e2 = _rewrite_scan(e2, producers)
     changed |= e2 is not e
