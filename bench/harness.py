@@ -57,7 +57,10 @@ _INSTR = re.compile(r"^\s*(ROOT\s+)?%?[\w.\-]+\s*=\s*\S", re.M)
 
 
 def hlo_ops(compiled) -> int:
-  """Instructions in the optimized HLO module (all computations)."""
+  """Instructions in the optimized HLO module (all computations); of a tuple of
+  compiled programs (purify's init when staged, lowering.Executable), their sum."""
+  if isinstance(compiled, tuple):
+    return sum(hlo_ops(c) for c in compiled)
   return len(_INSTR.findall(compiled.as_text()))
 
 

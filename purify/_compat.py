@@ -331,6 +331,16 @@ def threefry2x32(k1, k2, c1, c2):
   return threefry2x32_p.bind(k1, k2, c1, c2)
 
 
+def threefry2x32_unrolled(k1, k2, c1, c2):
+  """The same hash as ``threefry2x32`` (bitwise), as its 20 rounds of plain lax ops:
+  JAX's own unrolled form (its GPU/TPU lowering). On CPU JAX lowers the primitive as
+  a rolled 5-step loop over the whole operands (cheaper to compile per draw, but each
+  step streams the operands through memory); written out, XLA fuses the hash into
+  its consumers as one pass over the elements."""
+  x1, x2 = _threefry._threefry2x32_lowering(k1, k2, c1, c2, use_rolled_loops=False)
+  return x1, x2
+
+
 def iota_2x32_shape(shape):
   """The counters of ``random_bits(key, _, shape)``: (hi, lo) uint32 halves of the
   row-major uint64 iota of ``shape`` (zeros for ``shape == ()``)."""

@@ -5,27 +5,198 @@ once (a new ``jax.jit`` per call would re-trace and recompile). Called eagerly i
 runs the cached compiled executable; called under a user's transform (``jax.jit``,
 ``jax.vmap``, ``jax.grad`` of ``apply``) it binds the jaxpr as one equation, so the
 user's Python never runs again.
+
+Stacked outputs (init). The group-init pass creates the parameters that share an
+initializer as ONE stacked array and returns member ``i`` as ``index_in_dim(G, i)``.
+Inside one XLA program every such output is a kernel of its own (XLA cannot write
+several output buffers from one kernel), and on CPU each kernel costs ~15-20 ms of
+compile: for the Transformer's 102 parameters that is over half of init's compile.
+So an Executable built with ``unstack=True`` compiles, for eager calls, the program
+WITHOUT those slices (it returns each stacked ``G`` once) and takes the members apart
+afterwards: on CPU by copying each row on the host (a memcpy, no compile); on other
+devices by one jitted dynamic-index program per distinct stacked shape (compiled
+once). The values are the rows of ``G``, bitwise what the slices compute. Under a
+user's transform the whole jaxpr is bound as usual.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import numpy as np
+from jax import lax
 
 from purify import _compat
+from purify.passes.dce import dce_closed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Staged:
+  """How an eager init runs: ``first`` (the program without its row slices and without
+  the forward call) returns each stacked value once; ``forward`` (or None) is the
+  forward call as a program of its own, fed by ``first``'s outputs ``forward_src``
+  (its rows taken inside it). ``outs[j]`` is ``(0, k, i)``: row ``i`` of ``first``'s
+  output ``k`` (``i`` None: the whole output), or ``(1, k, None)``: ``forward``'s
+  output ``k``."""
+  first: object
+  forward: object
+  forward_src: tuple
+  outs: tuple
+
+
+def _row_of(eqn_of, v):
+  """``(G, i)`` when ``v = squeeze(slice(G, [i, i+1) on axis 0))``, else None."""
+  if not isinstance(v, _compat.Var):
+    return None
+  sq = eqn_of.get(id(v))
+  if sq is None or sq.primitive is not lax.squeeze_p or tuple(sq.params["dimensions"]) != (0,):
+    return None
+  sl = eqn_of.get(id(sq.invars[0]))
+  if sl is None or sl.primitive is not lax.slice_p:
+    return None
+  g = sl.invars[0]
+  start, limit, strides = sl.params["start_indices"], sl.params["limit_indices"], sl.params["strides"]
+  shape = tuple(g.aval.shape)
+  if (strides not in (None, (1,) * len(shape)) or limit[0] != start[0] + 1
+      or any(s != 0 for s in start[1:]) or tuple(limit[1:]) != shape[1:]
+      or jax.dtypes.issubdtype(g.aval.dtype, jax.dtypes.extended)):
+    return None
+  return g, int(start[0])
+
+
+def _forward_eqn(j, name):
+  """The top-level call named ``name`` whose outputs are only outputs of ``j``."""
+  calls = [e for e in j.eqns if e.primitive is _compat.jit_p and e.params.get("name") == name]
+  if len(calls) != 1 or calls[0].effects or not _compat.jit_is_plain_call(calls[0].params):
+    return None
+  outs = {id(v) for v in calls[0].outvars}
+  if any(id(v) in outs for e in j.eqns for v in e.invars if isinstance(v, _compat.Var)):
+    return None
+  return calls[0]
+
+
+def staged_plan(closed_jaxpr, forward_name=None):
+  """The :class:`_Staged` plan of an init program, or None when it has no stacked
+  rows among its outputs and no forward call to split off."""
+  j = _compat.open_of(closed_jaxpr)
+  eqn_of = {id(v): e for e in j.eqns for v in e.outvars}
+  fwd = _forward_eqn(j, forward_name) if forward_name else None
+  fwd_out = {id(v): n for n, v in enumerate(fwd.outvars)} if fwd is not None else {}
+  first_outs, slot = [], {}
+
+  def place(v):
+    """``(k, i)``: where ``v`` is among ``first``'s outputs (added when new)."""
+    r = _row_of(eqn_of, v)
+    base, i = (r[0], r[1]) if r is not None else (v, None)
+    key = id(base) if isinstance(base, _compat.Var) else ("literal", len(first_outs))
+    if key not in slot:
+      slot[key] = len(first_outs)
+      first_outs.append(base)
+    return slot[key], i
+
+  outs = []
+  for v in j.outvars:
+    if id(v) in fwd_out:
+      outs.append((1, fwd_out[id(v)], None))
+    else:
+      outs.append((0,) + place(v))
+  fwd_ins = [place(v) if isinstance(v, _compat.Var) else v for v in fwd.invars] if fwd else []
+  if fwd is None and all(i is None for _, _, i in outs):
+    return None
+  eqns = [e for e in j.eqns if e is not fwd]
+  first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, eqns=eqns, outvars=first_outs))
+  forward, src = None, ()
+  if fwd is not None:
+    src = tuple(sorted({k for x in fwd_ins if isinstance(x, tuple) for k in [x[0]]}))
+    body = fwd.params["jaxpr"]
+    pos = {k: n for n, k in enumerate(src)}
+
+    def run_forward(*ins):
+      args = []
+      for x in fwd_ins:
+        if not isinstance(x, tuple):                 # a literal operand
+          args.append(x.val)
+        elif x[1] is None:
+          args.append(ins[pos[x[0]]])
+        else:
+          args.append(lax.index_in_dim(ins[pos[x[0]]], x[1], keepdims=False))
+      return _compat.bind_closed(body, *args)
+
+    avals = [first_outs[k].aval for k in src]
+    forward = jax.make_jaxpr(run_forward)(
+        *[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+          for a in avals])
+  return _Staged(first, forward, src, tuple(outs))
+
+
+@jax.jit
+def _take_row(stacked, i):
+  return lax.dynamic_index_in_dim(stacked, i, keepdims=False)
+
+
+def _on_host(arr) -> bool:
+  """A concrete array on ONE CPU device: its buffer is host memory."""
+  devices = arr.sharding.device_set
+  return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+
+
+def _rows(stacked, count):
+  """Rows ``0..count-1`` of a concrete stacked array, each its own array on the same
+  device (committed as ``stacked`` is)."""
+  if _on_host(stacked):
+    host = np.asarray(stacked)                   # a zero-copy view of the CPU buffer
+    target = stacked.sharding if stacked.committed else None
+    return [jax.device_put(np.array(host[i]), target) for i in range(count)]
+  return [_take_row(stacked, np.int32(i)) for i in range(count)]
 
 
 class Executable:
-  def __init__(self, closed_jaxpr, name: str):
+  """``staged=FORWARD_CALL_NAME`` (init): eager calls run the :class:`_Staged` plan."""
+
+  def __init__(self, closed_jaxpr, name: str, *, staged: str | None = None):
     self.jaxpr = closed_jaxpr
     self.name = name
-
-    def run(*flat):
-      return _compat.bind_closed(self.jaxpr, *flat)
-
-    run.__name__ = name
-    self._jitted = jax.jit(run)
+    self.plan = staged_plan(closed_jaxpr, staged) if staged is not None else None
+    self._jitted = _jit(closed_jaxpr, name)
+    if self.plan is not None:
+      self._jitted_first = _jit(self.plan.first, name + "_stacked")
+      self._jitted_forward = (_jit(self.plan.forward, name + "_forward")
+                              if self.plan.forward is not None else None)
 
   def __call__(self, *flat):
-    return self._jitted(*flat)
+    if self.plan is None or any(isinstance(x, _compat.Tracer) for x in flat):
+      return self._jitted(*flat)
+    return self.finish(self._jitted_first(*flat))
+
+  def finish(self, first_outs, run_forward=None):
+    """The program's outputs from ``first``'s (eager) outputs: runs the forward program
+    (through ``run_forward(jitted, args)`` when given: the bench times its stages) and
+    takes the stacked rows apart."""
+    fwd_outs = ()
+    if self._jitted_forward is not None:
+      args = [first_outs[k] for k in self.plan.forward_src]
+      fwd_outs = (run_forward(self._jitted_forward, args) if run_forward is not None
+                  else self._jitted_forward(*args))
+    need = {}
+    for src, k, i in self.plan.outs:
+      if src == 0 and i is not None:
+        need[k] = max(need.get(k, 0), i + 1)
+    split = {k: _rows(first_outs[k], n) for k, n in need.items()}
+    return [fwd_outs[k] if src == 1 else first_outs[k] if i is None else split[k][i]
+            for src, k, i in self.plan.outs]
+
+  @property
+  def eager(self):
+    """The jitted program an eager call compiles first (the whole one without a plan)."""
+    return self._jitted_first if self.plan is not None else self._jitted
 
   def lower(self, *flat):
     return self._jitted.lower(*flat)
+
+
+def _jit(closed_jaxpr, name):
+  def run(*flat):
+    return _compat.bind_closed(closed_jaxpr, *flat)
+
+  run.__name__ = name
+  return jax.jit(run)

@@ -90,7 +90,8 @@ class _Purified:
     program, records = self.pipeline.run(program)
     name = getattr(self.f, "__name__", "model")
     return Compiled(program, out_info,
-                    lowering.Executable(program.init_jaxpr, f"{name}_init"),
+                    lowering.Executable(program.init_jaxpr, f"{name}_init",
+                                        staged=passes_lib.FORWARD_CALL),
                     lowering.Executable(program.jaxpr, f"{name}_apply"),
                     records, _uses_rng(program))
 

@@ -25,7 +25,11 @@ def count(jaxpr, prim):
 
 
 def draws(jaxpr):
-  return count(jaxpr, _compat.random_bits_p), count(jaxpr, _compat.threefry2x32_p)
+  """(random_bits left, fused hashes: the pass's named ``threefry2x32`` calls)."""
+  hashes = sum(e.primitive is _compat.jit_p and e.params["name"] == "threefry2x32"
+               for e in iter_eqns(jaxpr))
+  assert count(jaxpr, _compat.threefry2x32_p) == 0
+  return count(jaxpr, _compat.random_bits_p), hashes
 
 
 def assert_bitwise(a, b):
@@ -152,10 +156,12 @@ def test_nothing_to_fuse_leaves_the_program_unchanged():
   def two_draws_model(x):
     return x * purify.param("w", (3,), init=INITS[0]) + purify.param("v", (2, 3), init=INITS[2])
 
-  for f in (no_draws, one_draw):
-    stages = dict(purify.explain(f, jnp.ones(3)))
-    assert stages["fuse_random_bits"].init_jaxpr is stages["split_init"].init_jaxpr
+  stages = dict(purify.explain(no_draws, jnp.ones(3)))
+  assert stages["fuse_random_bits"].init_jaxpr is stages["split_init"].init_jaxpr
+  # one draw: nothing to fuse, but it gets the written-out hash (values unchanged)
+  stages, _ = check_init(one_draw, jnp.ones(3))
   assert draws(stages["split_init"].init_jaxpr) == (1, 0)
+  assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
   # draws lowered in JAX's original (non-partitionable) form are not touched
   with jax.threefry_partitionable(False):
     stages = dict(purify.explain(two_draws_model, jnp.ones(3)))
@@ -186,13 +192,16 @@ def test_fuse_on_a_plain_jaxpr(monkeypatch):
   run = lambda j: jax.jit(jcore.jaxpr_as_fun(j))(*args)  # noqa: E731
   assert_bitwise(run(fused), run(cj))
   assert fuse(fused) is fused                               # idempotent
-  # a size cap: draws of 12, 15 and 1 elements -> 15 + 1 fused, 12 alone
+  # a size cap: draws of 12, 15 and 1 elements -> 15 + 1 fused, 12 alone (its own hash)
   monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", 16)
   capped = fuse(cj)
-  assert draws(capped) == (3, 1)
+  assert draws(capped) == (2, 2)
   assert_bitwise(run(capped), run(cj))
-  monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", 12)   # none fits with another
-  assert fuse(cj) is cj
+  # draws at least the cap are left as they are: only the 1-element one is rewritten
+  monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", 12)
+  capped = fuse(cj)
+  assert draws(capped) == (4, 1)
+  assert_bitwise(run(capped), run(cj))
 
 
 def test_pass_is_in_the_default_pipeline_after_split_init():

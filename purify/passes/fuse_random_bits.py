@@ -18,12 +18,15 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    no-op for what is computed), so the draws are top-level equations;
 2. gives each draw a *level*: how many other draws (or loops/conds/calls that
    draw) it depends on; draws inside a loop/cond/custom rule are left alone;
-3. replaces the live threefry draws of one level (two or more) by ONE
-   ``threefry2x32`` on the concatenation of their flat operands (each call's key
-   broadcast to its output shape, its counters broadcast over its key batch),
-   then slices, reshapes and finishes each draw as JAX does — bitwise the same
-   values (a level above ``MAX_FUSED_ELEMENTS`` elements in all is fused in
-   chunks of at most that size, which bounds the extra memory);
+3. replaces the live threefry draws of one level by ONE ``threefry2x32`` hash on
+   the concatenation of their flat operands (each call's key broadcast to its
+   output shape, its counters broadcast over its key batch), then slices, reshapes
+   and finishes each draw as JAX does — bitwise the same values (a level above
+   ``MAX_FUSED_ELEMENTS`` elements in all is fused in chunks of at most that size,
+   which bounds the extra memory). The hash is written out as lax ops (JAX's own
+   unrolled form, its GPU lowering): on CPU JAX lowers the primitive as a rolled
+   loop that streams the whole operands through memory five times, 3-4x slower on
+   init's millions of elements; a level of a single draw gets it too;
 4. re-sorts the equations topologically.
 
 A program with effects, draws of another PRNG implementation, a context other
@@ -31,7 +34,7 @@ than the plain partitionable one (``eqn.ctx``), or nothing to fuse is returned
 unchanged.
 
 Before::  a = random_bits[32, (3, 4)] k1;  b = random_bits[8, (5,)] k2
-After::   ... ; x, y = threefry2x32 K1 K2 C1 C2 ; a = xor(slice x, slice y) ...
+After::   ... ; x, y = jit[name=threefry2x32] K1 K2 C1 C2 ; a = xor(slice x, slice y) ...
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from jax import lax
 from purify import _compat
 from purify.passes._assemble import iter_eqns, jaxprs_in
 from purify.passes.base import Pass
+from purify.passes.split_init import FORWARD_CALL
 
 
 # ----------------------------------------------------------------------------- the fused draw
@@ -73,7 +77,7 @@ def fused_random_bits(specs):
       for c, acc in zip(counters, (c1s, c2s)):
         acc.append(lax.reshape(lax.broadcast_in_dim(c, full, tuple(range(nb, len(full)))), (n,)))
     cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
-    b1, b2 = _compat.threefry2x32(cat(k1s), cat(k2s), cat(c1s), cat(c2s))
+    b1, b2 = threefry2x32(cat(k1s), cat(k2s), cat(c1s), cat(c2s))
     start = 0
     for batch, shape, width in specs:
       full = tuple(batch) + tuple(shape)
@@ -84,6 +88,17 @@ def fused_random_bits(specs):
       outs.append(_finish(x1, x2, width))
     return outs
   return fn
+
+
+@jax.jit
+def threefry2x32(k1, k2, c1, c2):
+  """The hash, written out (``_compat.threefry2x32_unrolled``: bitwise the primitive's
+  values); one named call in the program, which XLA inlines. Its two outputs are
+  materialized (``optimization_barrier``) as the primitive's are on CPU, so XLA
+  fuses each draw's floating-point tail (``uniform``, ``erf_inv``, ...) as it does
+  without this pass: fused into the hash, a tail can be contracted differently
+  (an FMA), one ulp off the unfused values."""
+  return lax.optimization_barrier(_compat.threefry2x32_unrolled(k1, k2, c1, c2))
 
 
 def _finish(bits1, bits2, width):
@@ -136,7 +151,7 @@ def _inline(eqns, subst):
     else:
       ins = [atom(v) for v in e.invars]
     if (e.primitive is _compat.jit_p and not e.effects and _compat.jit_is_plain_call(e.params)
-        and _draws(e.params["jaxpr"])):
+        and e.params["name"] != FORWARD_CALL and _draws(e.params["jaxpr"])):
       inner = _compat.open_of(e.params["jaxpr"])
       ienv = dict(zip(inner.invars, ins))
       work.append((("bind", e, inner, ienv), env))
@@ -180,7 +195,8 @@ def _size(e) -> int:
 
 def _chunks(eqns, members):
   """``members`` (indices of one level's draws) packed in order into chunks of at
-  most ``MAX_FUSED_ELEMENTS`` elements; only chunks of two or more draws."""
+  most ``MAX_FUSED_ELEMENTS`` elements (a chunk of one draw still gets the unrolled
+  hash)."""
   out, cur, total = [], [], 0
   for i in members:
     n = _size(eqns[i])
@@ -192,7 +208,7 @@ def _chunks(eqns, members):
     cur.append(i)
     total += n
   out.append(cur)
-  return [c for c in out if len(c) >= 2]
+  return [c for c in out if c]
 
 
 def _draws_in(e) -> bool:

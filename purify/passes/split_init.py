@@ -23,13 +23,33 @@ from purify import keys
 from purify.passes.base import Pass
 
 
+#: The name of init's call to the forward computation (for set_state-created initial
+#: values). An eager init compiles it as a program of its own (lowering.Executable):
+#: in one program XLA fuses the initializers' tails into the forward's consumers.
+FORWARD_CALL = "init_forward"
+
+
+def _forward_call(jaxpr, consts):
+  def forward(*ins):
+    return jax.core.eval_jaxpr(jaxpr, consts, *ins)
+  forward.__name__ = forward.__qualname__ = FORWARD_CALL
+  return forward
+
+
 def init_group(sites, group_keys):
   """The initial values of parameters that share shape, dtype, stack and
   initializer (group-init pass): ONE initializer call, vmapped over their keys
   (``param_key(root, path)`` each, so the same values as one call per parameter)."""
+  # Each group's value is materialized (``optimization_barrier``), as an initial value
+  # is in hand-written init: otherwise XLA fuses the initializer's tail (erf_inv, ...)
+  # into every consumer — each row of the group, each convolution of the forward pass
+  # that computes set_state-created initial values — recomputing it there and
+  # compiling one big kernel per consumer (ResNet-50's init: 7x the compile time).
   if len(sites) == 1:
-    return [init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))]
-  values = init_param(sites[0], None, key=group_keys, batch=len(sites))
+    value = init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))
+    return [jax.lax.optimization_barrier(value)]
+  values = jax.lax.optimization_barrier(
+      init_param(sites[0], None, key=group_keys, batch=len(sites)))
   # lax, not ``values[i]``: jnp indexing costs ~50x more to trace
   return [jax.lax.index_in_dim(values, i, keepdims=False) for i in range(len(sites))]
 
@@ -147,7 +167,7 @@ class SplitInit(Pass):
         for r in program.in_roles:
           ins.append({"param": lambda: params[r[1]], "rng": lambda: root,
                       "state": lambda: states[r[1]], "arg": lambda: args[r[1]]}[r[0]]())
-        outs = jax.core.eval_jaxpr(j, consts, *ins)
+        outs = jax.jit(_forward_call(j, consts))(*ins)
         for i in first:
           states[program.out_roles[i][1]] = outs[i]
       return [params[k] for k in param_keys] + [states[k] for k in state_keys]

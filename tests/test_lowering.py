@@ -1,0 +1,146 @@
+"""Lowering: an eager init compiles the program without its per-member row outputs
+(each stacked group returned once) and takes the rows apart after the run — on CPU
+on the host, elsewhere with one jitted dynamic-index program per stacked shape. The
+values are bitwise those of the whole program bound under a trace, and of the
+ungrouped init; the outputs are ordinary arrays (donatable, on the key's device)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purify
+from purify import lowering
+from purify import passes
+
+UNGROUPED = passes.Pipeline([passes.GroupInit(enabled=False) if p.name == "group_init" else p
+                             for p in passes.DEFAULT_PASSES])
+
+
+def model(x):
+  for i in range(3):                                       # three (4, 4) weights: one group
+    x = jnp.tanh(x @ purify.param(f"w{i}", (4, 4), init=jax.nn.initializers.lecun_normal()))
+    x = x + purify.param(f"b{i}", (4,), init=jax.nn.initializers.zeros)
+  return x * purify.param("s", (), init=jax.nn.initializers.ones)
+
+
+def leaves_bitwise_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and la
+  for x, y in zip(la, lb):
+    x, y = np.atleast_1d(np.asarray(x)), np.atleast_1d(np.asarray(y))
+    assert x.shape == y.shape and x.dtype == y.dtype
+    np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+def init_exec(t, x, key):
+  return t.init.purified.compiled(key, (x,), {})[0].init_exec
+
+
+def test_plan_finds_the_stacked_rows_and_drops_their_slices():
+  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  ex = init_exec(t, x, key)
+  plan = ex.plan
+  assert plan is not None and plan.forward is None          # no set_state: no forward
+  rows = [i for src, _, i in plan.outs if i is not None]
+  assert sorted(rows) == [0, 0, 1, 1, 2, 2]                # w0..w2 and b0..b2
+  j = plan.first.jaxpr
+  stacked = [j.outvars[k].aval.shape for _, k, i in plan.outs if i == 0]
+  assert sorted(stacked) == [(3, 4), (3, 4, 4)]
+  # the first program returns each stacked value once: no slice is left for them
+  outs = {id(v) for v in j.outvars}
+  assert len(j.outvars) == 3
+  assert not [e for e in j.eqns if e.primitive.name == "slice" and id(e.invars[0]) in outs]
+  whole = ex.jaxpr.jaxpr
+  assert len(whole.outvars) == 7 and [e for e in whole.eqns if e.primitive.name == "slice"
+                                      and any(id(v) in outs for v in e.invars)]
+
+
+def bn_model(x, is_training=True):
+  """set_state-created moving averages: init runs the forward computation."""
+  h = purify.nn.Linear(4)(x)
+  h = purify.nn.BatchNorm(True, True, 0.9)(h, is_training)
+  return purify.nn.Linear(4)(jax.nn.relu(h))
+
+
+def test_forward_call_is_its_own_program_fed_by_the_stacked_values():
+  t, x, key = purify.transform_with_state(bn_model), jnp.ones((3, 4)), jax.random.PRNGKey(2)
+  ex = init_exec(t, x, key)
+  assert ex.plan.forward is not None
+  # the forward program takes the stacked weights whole (rows taken inside it)
+  first_outs = ex.plan.first.jaxpr.outvars
+  assert any(len(first_outs[k].aval.shape) == 3 for k in ex.plan.forward_src)
+  assert not any(e.primitive.name == "conv_general_dilated" or e.primitive.name == "dot_general"
+                 for e in ex.plan.first.jaxpr.eqns)
+  eager = t.init(key, x)
+  leaves_bitwise_equal(eager, purify.transform_with_state(bn_model, pipeline=UNGROUPED).init(key, x))
+  # traced, init is one program: the parameters are bitwise the same; the first values
+  # written are computed by the same operations, which XLA may fuse differently once
+  # the weights are computed in the same program (an ulp)
+  traced = jax.jit(t.init)(key, x)
+  leaves_bitwise_equal(eager[0], traced[0])
+  for a, b in zip(jax.tree_util.tree_leaves(eager[1]), jax.tree_util.tree_leaves(traced[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  # the moving averages start at the first values written (not zeros)
+  avg = [v for k, v in jax.tree_util.tree_leaves_with_path(eager[1]) if "average" in str(k)]
+  assert avg and any(np.abs(np.asarray(a)).sum() > 0 for a in avg)
+
+
+def test_eager_init_is_bitwise_the_traced_and_the_ungrouped_init():
+  x, key = jnp.ones((2, 4)), jax.random.PRNGKey(3)
+  eager = purify.transform(model).init(key, x)
+  traced = jax.jit(purify.transform(model).init)(key, x)   # binds the whole program
+  leaves_bitwise_equal(eager, traced)
+  leaves_bitwise_equal(eager, purify.transform(model, pipeline=UNGROUPED).init(key, x))
+  assert not np.array_equal(eager["~"]["w0"], eager["~"]["w1"])
+
+
+def test_rows_are_independent_arrays_that_can_be_donated():
+  t, x = purify.transform(model), jnp.ones((2, 4))
+  params = t.init(jax.random.PRNGKey(0), x)
+  keep = jax.tree_util.tree_map(np.array, params)
+  step = jax.jit(lambda p: jax.tree_util.tree_map(lambda a: a * 2, p), donate_argnums=0)
+  w0 = params["~"]["w0"]
+  new = step({"~": {"w0": w0}})
+  assert w0.is_deleted()
+  np.testing.assert_array_equal(new["~"]["w0"], keep["~"]["w0"] * 2)
+  # the other rows of the same group are untouched
+  np.testing.assert_array_equal(params["~"]["w1"], keep["~"]["w1"])
+  np.testing.assert_array_equal(params["~"]["w2"], keep["~"]["w2"])
+
+
+def test_rows_follow_the_key_device_and_commitment():
+  t, x = purify.transform(model), jnp.ones((2, 4))
+  dev = jax.devices()[0]
+  committed = t.init(jax.device_put(jax.random.PRNGKey(0), dev), x)
+  assert all(a.committed and a.devices() == {dev} for a in jax.tree_util.tree_leaves(committed))
+  loose = t.init(jax.random.PRNGKey(0), x)
+  assert not any(a.committed for a in jax.tree_util.tree_leaves(loose))
+
+
+def test_device_path_takes_rows_with_one_program_per_stacked_shape(monkeypatch):
+  """Off CPU the rows are taken on the device; forced here, the values are the same."""
+  x, key = jnp.ones((2, 4)), jax.random.PRNGKey(3)
+  want = purify.transform(model).init(key, x)
+  monkeypatch.setattr(lowering, "_on_host", lambda arr: False)
+  before = lowering._take_row._cache_size()
+  got = purify.transform(model).init(key, x)
+  leaves_bitwise_equal(got, want)
+  assert lowering._take_row._cache_size() - before <= 2    # (3, 4, 4) and (3, 4)
+
+
+def test_nothing_stacked_means_no_plan():
+  f = lambda x: x @ purify.param("w", (4, 4), init=jax.nn.initializers.ones)  # noqa: E731
+  t = purify.transform(f)
+  assert init_exec(t, jnp.ones((1, 4)), jax.random.PRNGKey(0)).plan is None
+  assert t.init(jax.random.PRNGKey(0), jnp.ones((1, 4)))["~"]["w"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.int8])
+def test_host_rows_keep_the_dtype(dtype):
+  def f(x):
+    a = purify.param("a", (5,), dtype, init=jax.nn.initializers.ones)
+    b = purify.param("b", (5,), dtype, init=jax.nn.initializers.ones)
+    return x + (a + b).astype(x.dtype)
+  p = purify.transform(f).init(jax.random.PRNGKey(0), jnp.ones(5))
+  assert p["~"]["a"].dtype == dtype and p["~"]["b"].dtype == dtype
+  np.testing.assert_array_equal(np.asarray(p["~"]["b"], np.float32), np.ones(5))
