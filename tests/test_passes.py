@@ -598,3 +598,46 @@ def test_other_jax_effects_pass_through_untouched_and_still_run(capfd):
   assert sorted(float(c) for c in calls[1:]) == [1.0, 2.0, 3.0]
   want = sum(x[i] * jax.random.uniform(ref_rng_key(rng, "~#0", loop=(i,))) for i in range(3))
   assert_close(out, jnp.float32(want))
+
+
+def test_trace_and_pipeline_pause_python_gc_and_restore_it():
+  """Both pause the cyclic GC (bench/pipeline.py: its full passes cost 30-40% of the
+  pipeline on big programs) and restore it — also after an error, and leave it paused
+  when the caller had paused it."""
+  import gc
+  from purify import trace as trace_lib
+  seen = []
+
+  def f(x):
+    seen.append(gc.isenabled())
+    return x * purify.param("w", (), init=jax.nn.initializers.ones)
+
+  class Probe(Pass):
+    name = "probe"
+    requires = frozenset({"traced"})
+
+    def run(self, program):
+      seen.append(gc.isenabled())
+      return program
+
+  assert gc.isenabled()
+  sig, _ = trace_lib.signature_of((jnp.ones(2),), {})
+  prog, _ = trace_lib.trace(f, sig, purify.keys.default_key_aval())
+  Pipeline([Probe()]).run(prog)
+  assert seen == [False, False] and gc.isenabled()
+
+  class Boom(Probe):
+    name = "boom"
+
+    def run(self, program):
+      raise ValueError("boom")
+
+  with pytest.raises(purify.errors.PipelineError):
+    Pipeline([Boom()]).run(prog)
+  assert gc.isenabled()
+  gc.disable()
+  try:
+    Pipeline([Probe()]).run(prog)
+    assert not gc.isenabled()
+  finally:
+    gc.enable()

@@ -56,6 +56,14 @@ def helper_jaxpr(fn, *avals):
   return cj
 
 
+@functools.lru_cache(maxsize=None)
+def bound(fn, *args):
+  """``functools.partial(fn, *args)``, the same object for the same arguments, so
+  ``helper_jaxpr`` (cached by its function) traces it once, not once per site
+  (a fresh partial never equals another: 334 traces for 333 dropout sites)."""
+  return functools.partial(fn, *args)
+
+
 def literal(value, dtype):
   v = np.asarray(value, dtype=dtype)
   return _compat.Literal(v[()], _compat.ShapedArray((), np.dtype(dtype)))
@@ -292,7 +300,7 @@ def _scan_rule(rw, eqn):
   extra_xs = []
   if t.index is not None:
     body_in.append(t.index)
-    iota = helper_jaxpr(functools.partial(_arange, int(p["length"])))
+    iota = helper_jaxpr(bound(_arange, int(p["length"])))
     extra_xs = rw.inline(iota, [], source_info=eqn.source_info)
   body = t.finish(body_in, body_out)
   ei = list(eqn.invars)

@@ -19,7 +19,7 @@ import networkx as nx
 
 from purify import _compat
 from purify import errors
-from purify.trace import Program
+from purify.trace import Program, gc_paused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,10 @@ class Pipeline:
   def run(self, program: Program, *, verify: bool = False, keep: bool = False,
           on_pass: Callable[[str, Program], None] | None = None):
     """Run every pass; returns (program, [PassRecord])."""
+    with gc_paused():
+      return self._run(program, verify, keep, on_pass)
+
+  def _run(self, program, verify, keep, on_pass):
     records = [PassRecord("trace", 0.0, program if keep else None)]
     for p in self.ordered:
       t0 = time.perf_counter()

@@ -13,7 +13,6 @@ After::   { lambda ; r:key<fry>[]. let a = random_fold_in r 1234; b = random_fol
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -78,7 +77,7 @@ def _rng_leaf(pass_, rw, eqn):
     return
   hi, lo = keys.name_hash("rng:" + p["site"])
   base = rw.read(_thread.RNG)
-  helper = _thread.helper_jaxpr(functools.partial(_derive, tuple(p["batch"])),
+  helper = _thread.helper_jaxpr(_thread.bound(_derive, tuple(p["batch"])),
                                 _key_sds(pass_.key), _U32, _U32)
   out = rw.inline(helper, [base, _thread.literal(hi, np.uint32), _thread.literal(lo, np.uint32)],
                   source_info=eqn.source_info)

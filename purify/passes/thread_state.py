@@ -38,7 +38,7 @@ def _keep_first(born, value, first):
 
 @functools.lru_cache(maxsize=None)
 def _zeros_of(shape, dtype):
-  return functools.partial(jnp.zeros, shape, dtype)
+  return _thread.bound(jnp.zeros, shape, np.dtype(dtype))
 
 
 class _State(_thread.ThreadingPass):
