@@ -45,7 +45,8 @@ class _Staged:
 
 
 def _row_of(eqn_of, v):
-  """``(G, i)`` when ``v = squeeze(slice(G, [i, i+1) on axis 0))``, else None."""
+  """``(G, i, slice eqn, squeeze eqn)`` when ``v = squeeze(slice(G, [i, i+1) on axis
+  0))``, else None."""
   if not isinstance(v, _compat.Var):
     return None
   sq = eqn_of.get(id(v))
@@ -61,7 +62,7 @@ def _row_of(eqn_of, v):
       or any(s != 0 for s in start[1:]) or tuple(limit[1:]) != shape[1:]
       or jax.dtypes.issubdtype(g.aval.dtype, jax.dtypes.extended)):
     return None
-  return g, int(start[0])
+  return g, int(start[0]), sl, sq
 
 
 def _forward_eqn(j, name):
@@ -84,10 +85,14 @@ def staged_plan(closed_jaxpr, forward_name=None):
   fwd_out = {id(v): n for n, v in enumerate(fwd.outvars)} if fwd is not None else {}
   first_outs, slot = [], {}
 
+  row_eqns = {}
+
   def place(v):
     """``(k, i)``: where ``v`` is among ``first``'s outputs (added when new)."""
     r = _row_of(eqn_of, v)
     base, i = (r[0], r[1]) if r is not None else (v, None)
+    if r is not None:
+      row_eqns[id(v)] = r[2:]
     key = id(base) if isinstance(base, _compat.Var) else ("literal", len(first_outs))
     if key not in slot:
       slot[key] = len(first_outs)
@@ -107,26 +112,36 @@ def staged_plan(closed_jaxpr, forward_name=None):
   first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, eqns=eqns, outvars=first_outs))
   forward, src = None, ()
   if fwd is not None:
-    src = tuple(sorted({k for x in fwd_ins if isinstance(x, tuple) for k in [x[0]]}))
-    body = fwd.params["jaxpr"]
-    pos = {k: n for n, k in enumerate(src)}
-
-    def run_forward(*ins):
-      args = []
-      for x in fwd_ins:
-        if not isinstance(x, tuple):                 # a literal operand
-          args.append(x.val)
-        elif x[1] is None:
-          args.append(ins[pos[x[0]]])
-        else:
-          args.append(lax.index_in_dim(ins[pos[x[0]]], x[1], keepdims=False))
-      return _compat.bind_closed(body, *args)
-
-    avals = [first_outs[k].aval for k in src]
-    forward = jax.make_jaxpr(run_forward)(
-        *[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
-          for a in avals])
+    src = tuple(sorted({x[0] for x in fwd_ins if isinstance(x, tuple)}))
+    forward = _forward_program(fwd, fwd_ins, src, [first_outs[k] for k in src], row_eqns)
   return _Staged(first, forward, src, tuple(outs))
+
+
+def _forward_program(fwd, fwd_ins, src, stacked, row_eqns):
+  """The forward call's body as a program of the stacked arrays ``src``: each row it
+  reads is taken inside it (the same slice/squeeze equations as in init). Built from
+  the equations directly — re-tracing the body costs as much as tracing the model."""
+  body = fwd.params["jaxpr"]
+  b = _compat.open_of(body)
+  new_in = [_compat.Var(v.aval) for v in stacked]
+  pos = {k: n for n, k in enumerate(src)}
+  env, eqns = {}, []
+  for bv, x, v in zip(b.invars, fwd_ins, fwd.invars):
+    if not isinstance(x, tuple):                     # a literal operand
+      env[bv] = x
+    elif x[1] is None:
+      env[bv] = new_in[pos[x[0]]]
+    else:
+      sl, sq = row_eqns[id(v)]
+      mid = _compat.Var(sl.outvars[0].aval)
+      out = _compat.Var(sq.outvars[0].aval)
+      eqns.append(sl.replace(invars=[new_in[pos[x[0]]]], outvars=[mid]))
+      eqns.append(sq.replace(invars=[mid], outvars=[out]))
+      env[bv] = out
+  sub = lambda a: a if isinstance(a, _compat.Literal) else env.get(a, a)  # noqa: E731
+  eqns.extend(e.replace(invars=[sub(a) for a in e.invars]) for e in b.eqns)
+  return _compat.replace_jaxpr(body, invars=new_in, eqns=eqns,
+                               outvars=[sub(a) for a in b.outvars])
 
 
 @jax.jit
