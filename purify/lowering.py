@@ -6,17 +6,20 @@ runs the cached compiled executable; called under a user's transform (``jax.jit`
 ``jax.vmap``, ``jax.grad`` of ``apply``) it binds the jaxpr as one equation, so the
 user's Python never runs again.
 
-Stacked outputs (init). The group-init pass creates the parameters that share an
-initializer as ONE stacked array and returns member ``i`` as ``index_in_dim(G, i)``.
-Inside one XLA program every such output is a kernel of its own (XLA cannot write
-several output buffers from one kernel), and on CPU each kernel costs ~15-20 ms of
-compile: for the Transformer's 102 parameters that is over half of init's compile.
-So an Executable built with ``unstack=True`` compiles, for eager calls, the program
-WITHOUT those slices (it returns each stacked ``G`` once) and takes the members apart
-afterwards: on CPU by copying each row on the host (a memcpy, no compile); on other
-devices by one jitted dynamic-index program per distinct stacked shape (compiled
-once). The values are the rows of ``G``, bitwise what the slices compute. Under a
-user's transform the whole jaxpr is bound as usual.
+An eager init is staged (``staged=FORWARD_CALL`` and :func:`staged_plan`). The
+group-init pass creates the parameters that share an initializer as ONE stacked
+array and returns member ``i`` as ``index_in_dim(G, i)``; init may also call the
+forward computation (the call named ``FORWARD_CALL``) for the first values of
+``set_state``-created state. Inside one XLA program every row is a kernel of its own
+(XLA cannot write several output buffers from one kernel; on CPU a kernel costs
+~15-20 ms of compile, an initializer tail far more) and XLA fuses the initializers'
+tails into every consumer, including each convolution of the forward call. So an
+eager init runs: the program without the row slices and the forward call (each
+stacked ``G`` returned once); the forward call as a program of its own, fed by the
+stacked arrays (its rows taken inside it); then the rows taken apart — on CPU by
+copying each row on the host (a memcpy, no compile), elsewhere by one jitted
+dynamic-index program per stacked shape. The parameters are bitwise what the one
+program computes. Under a user's transform the whole jaxpr is bound as usual.
 """
 from __future__ import annotations
 

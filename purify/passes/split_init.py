@@ -40,16 +40,9 @@ def init_group(sites, group_keys):
   """The initial values of parameters that share shape, dtype, stack and
   initializer (group-init pass): ONE initializer call, vmapped over their keys
   (``param_key(root, path)`` each, so the same values as one call per parameter)."""
-  # Each group's value is materialized (``optimization_barrier``), as an initial value
-  # is in hand-written init: otherwise XLA fuses the initializer's tail (erf_inv, ...)
-  # into every consumer — each row of the group, each convolution of the forward pass
-  # that computes set_state-created initial values — recomputing it there and
-  # compiling one big kernel per consumer (ResNet-50's init: 7x the compile time).
   if len(sites) == 1:
-    value = init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))
-    return [jax.lax.optimization_barrier(value)]
-  values = jax.lax.optimization_barrier(
-      init_param(sites[0], None, key=group_keys, batch=len(sites)))
+    return [init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))]
+  values = init_param(sites[0], None, key=group_keys, batch=len(sites))
   # lax, not ``values[i]``: jnp indexing costs ~50x more to trace
   return [jax.lax.index_in_dim(values, i, keepdims=False) for i in range(len(sites))]
 
