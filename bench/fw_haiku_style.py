@@ -291,21 +291,22 @@ def purify_cold(t, key, x, stateful):
     # (its stages added to init's), then the rows taken apart (timed as run)
     st_init, outs, comp_init = stage(real_init.eager, flat)
     if real_init.plan is not None:
-      fst = dict(trace=0.0, lower=0.0, compile=0.0, run=0.0)
+      staged = ("trace", "lower", "compile")
+      fst = dict.fromkeys(staged, 0.0)
 
       def run_forward(jitted, args):
         nonlocal comp_init
         st, out, comp_fwd = stage(jitted, args)
-        for k, v in st.items():
-          fst[k] += v
+        for k in staged:
+          fst[k] += st[k]
         comp_init = (comp_init, comp_fwd)
         return out
       t1 = time.perf_counter()
       outs = jax.block_until_ready(real_init.finish(outs, run_forward))
       took = time.perf_counter() - t1
-      for k in ("trace", "lower", "compile"):
+      for k in staged:
         st_init[k] += fst[k]
-      st_init["run"] += took - fst["trace"] - fst["lower"] - fst["compile"]
+      st_init["run"] += took - sum(fst.values())       # the forward's run and the row split
     c.init_exec = _Replay(outs)
     variables = t.init(key, x)
     c.apply_exec = _Recorder()

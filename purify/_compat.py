@@ -326,13 +326,8 @@ random_bits_p = _prng.random_bits_p
 threefry2x32_p = _threefry.threefry2x32_p
 
 
-def threefry2x32(k1, k2, c1, c2):
-  """``threefry2x32_p.bind``: the raw hash, elementwise (broadcasting) in its operands."""
-  return threefry2x32_p.bind(k1, k2, c1, c2)
-
-
 def threefry2x32_unrolled(k1, k2, c1, c2):
-  """The same hash as ``threefry2x32`` (bitwise), as its 20 rounds of plain lax ops:
+  """The same hash as ``threefry2x32_p`` (bitwise), as its 20 rounds of plain lax ops:
   JAX's own unrolled form (its GPU/TPU lowering). On CPU JAX lowers the primitive as
   a rolled 5-step loop over the whole operands (cheaper to compile per draw, but each
   step streams the operands through memory); written out, XLA fuses the hash into

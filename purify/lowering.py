@@ -86,9 +86,7 @@ def staged_plan(closed_jaxpr, forward_name=None):
   eqn_of = {id(v): e for e in j.eqns for v in e.outvars}
   fwd = _forward_eqn(j, forward_name) if forward_name else None
   fwd_out = {id(v): n for n, v in enumerate(fwd.outvars)} if fwd is not None else {}
-  first_outs, slot = [], {}
-
-  row_eqns = {}
+  first_outs, slot, row_eqns = [], {}, {}
 
   def place(v):
     """``(k, i)``: where ``v`` is among ``first``'s outputs (added when new)."""
