@@ -287,10 +287,11 @@ def purify_cold(t, key, x, stateful):
     except _Captured as e:
       flat = e.flat
     # what an eager init compiles and runs (lowering.Executable): the program without
-    # its stacked rows and forward call, then the forward call as a program of its own
-    # (its stages added to init's), then the rows taken apart (timed as run)
+    # its stacked rows, the rows taken apart (timed as run), then init's forward when
+    # set_state creates state (apply's program, its stages added to init's: the first
+    # apply below then finds it compiled)
     st_init, outs, comp_init = stage(real_init.eager, flat)
-    if real_init.plan is not None:
+    if real_init.plan is not None or real_init.forward is not None:
       staged = ("trace", "lower", "compile")
       fst = dict.fromkeys(staged, 0.0)
 
@@ -302,7 +303,7 @@ def purify_cold(t, key, x, stateful):
         comp_init = (comp_init, comp_fwd)
         return out
       t1 = time.perf_counter()
-      outs = jax.block_until_ready(real_init.finish(outs, run_forward))
+      outs = jax.block_until_ready(real_init.finish(flat, outs, run_forward))
       took = time.perf_counter() - t1
       for k in staged:
         st_init[k] += fst[k]

@@ -6,20 +6,24 @@ runs the cached compiled executable; called under a user's transform (``jax.jit`
 ``jax.vmap``, ``jax.grad`` of ``apply``) it binds the jaxpr as one equation, so the
 user's Python never runs again.
 
-An eager init is staged (``staged=FORWARD_CALL`` and :func:`staged_plan`). The
+Init may have a *forward* (``Program.init_forward``): the first values of
+``set_state``-created state come from running the model's program once, on the
+parameters and initial states init computes. The forward is another Executable —
+apply's own, when the first values are the values apply returns — called on
+apply's inputs (``forward=(executable, ins, outs)``): an eager init compiles
+apply's program, and the user's first apply with the same shapes finds it
+compiled. Under a trace the two are composed in one jitted function.
+
+An eager init is also staged (``staged=True`` and :func:`staged_plan`). The
 group-init pass creates the parameters that share an initializer as ONE stacked
-array and returns member ``i`` as ``index_in_dim(G, i)``; init may also call the
-forward computation (the call named ``FORWARD_CALL``) for the first values of
-``set_state``-created state. Inside one XLA program every row is a kernel of its own
-(XLA cannot write several output buffers from one kernel; on CPU a kernel costs
-~15-20 ms of compile, an initializer tail far more) and XLA fuses the initializers'
-tails into every consumer, including each convolution of the forward call. So an
-eager init runs: the program without the row slices and the forward call (each
-stacked ``G`` returned once); the forward call as a program of its own, fed by the
-stacked arrays (its rows taken inside it); then the rows taken apart — on CPU by
-copying each row on the host (a memcpy, no compile), elsewhere by one jitted
-dynamic-index program per stacked shape. The parameters are bitwise what the one
-program computes. Under a user's transform the whole jaxpr is bound as usual.
+array and returns member ``i`` as ``index_in_dim(G, i)``. Inside one XLA program
+every row is a kernel of its own (XLA cannot write several output buffers from one
+kernel; on CPU a kernel costs ~15-20 ms of compile, an initializer tail far more).
+So an eager init runs the program without the row slices (each stacked ``G``
+returned once), then takes the rows apart — on CPU by copying each row on the host
+(a memcpy, no compile), elsewhere by one jitted dynamic-index program per stacked
+shape — then runs the forward on the rows. The parameters are bitwise what the one
+program computes.
 """
 from __future__ import annotations
 
@@ -35,15 +39,10 @@ from purify.passes.dce import dce_closed
 
 @dataclasses.dataclass(frozen=True)
 class _Staged:
-  """How an eager init runs: ``first`` (the program without its row slices and without
-  the forward call) returns each stacked value once; ``forward`` (or None) is the
-  forward call as a program of its own, fed by ``first``'s outputs ``forward_src``
-  (its rows taken inside it). ``outs[j]`` is ``(0, k, i)``: row ``i`` of ``first``'s
-  output ``k`` (``i`` None: the whole output), or ``(1, k, None)``: ``forward``'s
-  output ``k``."""
+  """How an eager init runs: ``first`` (the program without its row slices) returns
+  each stacked value once; ``outs[j]`` is ``(k, i)``: row ``i`` of ``first``'s output
+  ``k`` (``i`` None: the whole output)."""
   first: object
-  forward: object
-  forward_src: tuple
   outs: tuple
 
 
@@ -68,81 +67,24 @@ def _row_of(eqn_of, v):
   return g, int(start[0]), sl, sq
 
 
-def _forward_eqn(j, name):
-  """The top-level call named ``name`` whose outputs are only outputs of ``j``."""
-  calls = [e for e in j.eqns if e.primitive is _compat.jit_p and e.params.get("name") == name]
-  if len(calls) != 1 or calls[0].effects or not _compat.jit_is_plain_call(calls[0].params):
-    return None
-  outs = {id(v) for v in calls[0].outvars}
-  if any(id(v) in outs for e in j.eqns for v in e.invars if isinstance(v, _compat.Var)):
-    return None
-  return calls[0]
-
-
-def staged_plan(closed_jaxpr, forward_name=None):
-  """The :class:`_Staged` plan of an init program, or None when it has no stacked
-  rows among its outputs and no forward call to split off."""
+def staged_plan(closed_jaxpr):
+  """The :class:`_Staged` plan of an init program, or None when no output is a row
+  of a stacked value."""
   j = _compat.open_of(closed_jaxpr)
   eqn_of = {id(v): e for e in j.eqns for v in e.outvars}
-  fwd = _forward_eqn(j, forward_name) if forward_name else None
-  fwd_out = {id(v): n for n, v in enumerate(fwd.outvars)} if fwd is not None else {}
-  first_outs, slot, row_eqns = [], {}, {}
-
-  def place(v):
-    """``(k, i)``: where ``v`` is among ``first``'s outputs (added when new)."""
+  first_outs, slot, outs = [], {}, []
+  for v in j.outvars:
     r = _row_of(eqn_of, v)
     base, i = (r[0], r[1]) if r is not None else (v, None)
-    if r is not None:
-      row_eqns[id(v)] = r[2:]
     key = id(base) if isinstance(base, _compat.Var) else ("literal", len(first_outs))
     if key not in slot:
       slot[key] = len(first_outs)
       first_outs.append(base)
-    return slot[key], i
-
-  outs = []
-  for v in j.outvars:
-    if id(v) in fwd_out:
-      outs.append((1, fwd_out[id(v)], None))
-    else:
-      outs.append((0,) + place(v))
-  fwd_ins = [place(v) if isinstance(v, _compat.Var) else v for v in fwd.invars] if fwd else []
-  if fwd is None and all(i is None for _, _, i in outs):
+    outs.append((slot[key], i))
+  if all(i is None for _, i in outs):
     return None
-  eqns = [e for e in j.eqns if e is not fwd]
-  first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, eqns=eqns, outvars=first_outs))
-  forward, src = None, ()
-  if fwd is not None:
-    src = tuple(sorted({x[0] for x in fwd_ins if isinstance(x, tuple)}))
-    forward = _forward_program(fwd, fwd_ins, src, [first_outs[k] for k in src], row_eqns)
-  return _Staged(first, forward, src, tuple(outs))
-
-
-def _forward_program(fwd, fwd_ins, src, stacked, row_eqns):
-  """The forward call's body as a program of the stacked arrays ``src``: each row it
-  reads is taken inside it (the same slice/squeeze equations as in init). Built from
-  the equations directly — re-tracing the body costs as much as tracing the model."""
-  body = fwd.params["jaxpr"]
-  b = _compat.open_of(body)
-  new_in = [_compat.Var(v.aval) for v in stacked]
-  pos = {k: n for n, k in enumerate(src)}
-  env, eqns = {}, []
-  for bv, x, v in zip(b.invars, fwd_ins, fwd.invars):
-    if not isinstance(x, tuple):                     # a literal operand
-      env[bv] = x
-    elif x[1] is None:
-      env[bv] = new_in[pos[x[0]]]
-    else:
-      sl, sq = row_eqns[id(v)]
-      mid = _compat.Var(sl.outvars[0].aval)
-      out = _compat.Var(sq.outvars[0].aval)
-      eqns.append(sl.replace(invars=[new_in[pos[x[0]]]], outvars=[mid]))
-      eqns.append(sq.replace(invars=[mid], outvars=[out]))
-      env[bv] = out
-  sub = lambda a: a if isinstance(a, _compat.Literal) else env.get(a, a)  # noqa: E731
-  eqns.extend(e.replace(invars=[sub(a) for a in e.invars]) for e in b.eqns)
-  return _compat.replace_jaxpr(body, invars=new_in, eqns=eqns,
-                               outvars=[sub(a) for a in b.outvars])
+  first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, outvars=first_outs))
+  return _Staged(first, tuple(outs))
 
 
 @jax.jit
@@ -167,44 +109,51 @@ def _rows(stacked, count):
 
 
 class Executable:
-  """``staged=FORWARD_CALL_NAME`` (init): eager calls run the :class:`_Staged` plan."""
+  """``staged=True`` (init): eager calls run the :class:`_Staged` plan. ``forward``:
+  ``(executable, ins, outs)`` — after this program, ``executable`` runs on ``ins``
+  (``("in", i)``: this program's input ``i``; ``("out", i)``: its output ``i``) and
+  output ``b`` of it replaces output ``a`` of this one for each ``(a, b)`` in ``outs``."""
 
-  def __init__(self, closed_jaxpr, name: str, *, staged: str | None = None):
+  def __init__(self, closed_jaxpr, name: str, *, staged: bool = False, forward=None):
     self.jaxpr = closed_jaxpr
     self.name = name
-    self.plan = staged_plan(closed_jaxpr, staged) if staged is not None else None
-    self._jitted = _jit(closed_jaxpr, name)
-    if self.plan is not None:
-      self._jitted_first = _jit(self.plan.first, name + "_stacked")
-      self._jitted_forward = (_jit(self.plan.forward, name + "_forward")
-                              if self.plan.forward is not None else None)
+    self.forward = forward
+    self.plan = staged_plan(closed_jaxpr) if staged else None
+    self._jitted_own = _jit(closed_jaxpr, name)
+    self._jitted = self._jitted_own if forward is None else _composed(closed_jaxpr, name, forward)
+    self._jitted_first = (_jit(self.plan.first, name + "_stacked")
+                          if self.plan is not None else None)
 
   def __call__(self, *flat):
-    if self.plan is None or any(isinstance(x, _compat.Tracer) for x in flat):
+    if (self.plan is None and self.forward is None) or any(
+        isinstance(x, _compat.Tracer) for x in flat):
       return self._jitted(*flat)
-    return self.finish(self._jitted_first(*flat))
+    return self.finish(flat, self.eager(*flat))
 
-  def finish(self, first_outs, run_forward=None):
-    """The program's outputs from ``first``'s (eager) outputs: runs the forward program
-    (through ``run_forward(jitted, args)`` when given: the bench times its stages) and
-    takes the stacked rows apart."""
-    fwd_outs = ()
-    if self._jitted_forward is not None:
-      args = [first_outs[k] for k in self.plan.forward_src]
-      fwd_outs = (run_forward(self._jitted_forward, args) if run_forward is not None
-                  else self._jitted_forward(*args))
-    need = {}
-    for src, k, i in self.plan.outs:
-      if src == 0 and i is not None:
-        need[k] = max(need.get(k, 0), i + 1)
-    split = {k: _rows(first_outs[k], n) for k, n in need.items()}
-    return [fwd_outs[k] if src == 1 else first_outs[k] if i is None else split[k][i]
-            for src, k, i in self.plan.outs]
+  def finish(self, flat, first_outs, run_forward=None):
+    """The program's outputs from the eager first program's outputs: takes the
+    stacked rows apart and runs the forward (through ``run_forward(jitted, args)``
+    when given: the bench times its stages)."""
+    outs = list(first_outs)
+    if self.plan is not None:
+      need = {}
+      for k, i in self.plan.outs:
+        if i is not None:
+          need[k] = max(need.get(k, 0), i + 1)
+      split = {k: _rows(outs[k], n) for k, n in need.items()}
+      outs = [outs[k] if i is None else split[k][i] for k, i in self.plan.outs]
+    if self.forward is not None:
+      ex, ins, pairs = self.forward
+      args = [flat[i] if src == "in" else outs[i] for src, i in ins]
+      fwd = run_forward(ex.eager, args) if run_forward is not None else ex(*args)
+      for a, b in pairs:
+        outs[a] = fwd[b]
+    return outs
 
   @property
   def eager(self):
     """The jitted program an eager call compiles first (the whole one without a plan)."""
-    return self._jitted_first if self.plan is not None else self._jitted
+    return self._jitted_first if self.plan is not None else self._jitted_own
 
   def lower(self, *flat):
     return self._jitted.lower(*flat)
@@ -213,6 +162,21 @@ class Executable:
 def _jit(closed_jaxpr, name):
   def run(*flat):
     return _compat.bind_closed(closed_jaxpr, *flat)
+
+  run.__name__ = name
+  return jax.jit(run)
+
+
+def _composed(closed_jaxpr, name, forward):
+  """One jitted function: the program, then its forward (traced callers)."""
+  ex, ins, pairs = forward
+
+  def run(*flat):
+    outs = list(_compat.bind_closed(closed_jaxpr, *flat))
+    fwd = ex._jitted(*[flat[i] if src == "in" else outs[i] for src, i in ins])
+    for a, b in pairs:
+      outs[a] = fwd[b]
+    return outs
 
   run.__name__ = name
   return jax.jit(run)

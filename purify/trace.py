@@ -31,6 +31,10 @@ class Program:
   ``init_jaxpr`` / ``init_out_roles``: set by the split-init pass.
   ``init_groups``: set by the group-init pass — tuples of parameter keys that one
   vmapped initializer call creates together.
+  ``init_forward`` / ``forward_jaxpr``: set by the split-init pass when state is
+  created by ``set_state``: init output ``a`` is output ``b`` of init's forward for
+  each pair ``(a, b)``; the forward is ``forward_jaxpr`` (apply's inputs), or apply
+  itself when None.
   """
   jaxpr: Any
   in_roles: tuple
@@ -44,6 +48,13 @@ class Program:
   init_in_roles: tuple = ()
   init_out_roles: tuple = ()
   init_groups: tuple | None = None
+  init_forward: tuple = ()
+  forward_jaxpr: Any = None
+
+  def jaxprs(self) -> list:
+    """``(label, closed jaxpr)`` of each program there is: apply, init, init's forward."""
+    out = [("apply", self.jaxpr), ("init", self.init_jaxpr), ("forward", self.forward_jaxpr)]
+    return [(label, j) for label, j in out if j is not None]
 
   def replace(self, **kw) -> "Program":
     return dataclasses.replace(self, **kw)
@@ -56,6 +67,12 @@ class Program:
       s += ["# init in:  " + ", ".join(_role_str(r) for r in self.init_in_roles),
             "# init out: " + ", ".join(_role_str(r) for r in self.init_out_roles),
             str(self.init_jaxpr)]
+    if self.init_forward:
+      what = "apply" if self.forward_jaxpr is None else "the forward below"
+      s += [f"# init forward ({what}, on apply's inputs): " + ", ".join(
+          f"init out {a} <- out {b}" for a, b in self.init_forward)]
+      if self.forward_jaxpr is not None:
+        s.append(str(self.forward_jaxpr))
     return "\n".join(s)
 
 

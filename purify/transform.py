@@ -89,11 +89,11 @@ class _Purified:
     program, out_info = trace_lib.trace(self.f, sig, key_aval)
     program, records = self.pipeline.run(program)
     name = getattr(self.f, "__name__", "model")
+    apply_exec = lowering.Executable(program.jaxpr, f"{name}_apply")
     return Compiled(program, out_info,
-                    lowering.Executable(program.init_jaxpr, f"{name}_init",
-                                        staged=passes_lib.FORWARD_CALL),
-                    lowering.Executable(program.jaxpr, f"{name}_apply"),
-                    records, _uses_rng(program))
+                    lowering.Executable(program.init_jaxpr, f"{name}_init", staged=True,
+                                        forward=_init_forward(program, apply_exec, name)),
+                    apply_exec, records, _uses_rng(program))
 
   # ---------------------------------------------------------------- init
   def init(self, rng, *args, **kwargs):
@@ -157,6 +157,27 @@ class _Purified:
     if self.with_state:
       return out, _nest(list(new_state), list(new_state.values()))
     return out
+
+
+def _init_forward(program, apply_exec, name):
+  """Init's forward (``Program.init_forward``) for ``lowering.Executable``: apply's
+  executable (or the forward program's) on apply's inputs, taken from init's
+  outputs (parameters, initial states), its key and its arguments."""
+  if not program.init_forward:
+    return None
+  ex = apply_exec
+  if program.forward_jaxpr is not None:
+    ex = lowering.Executable(program.forward_jaxpr, f"{name}_init_forward")
+  out_index = {r: n for n, r in enumerate(program.init_out_roles)}
+  ins = []
+  for r in program.in_roles:
+    if r[0] in ("param", "state"):
+      ins.append(("out", out_index[r]))
+    elif r[0] == "rng":
+      ins.append(("in", 0))
+    else:
+      ins.append(("in", 1 + r[1]))
+  return ex, tuple(ins), program.init_forward
 
 
 def _uses_rng(program) -> bool:

@@ -40,11 +40,11 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
   t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
   ex = init_exec(t, x, key)
   plan = ex.plan
-  assert plan is not None and plan.forward is None          # no set_state: no forward
-  rows = [i for src, _, i in plan.outs if i is not None]
+  assert plan is not None and ex.forward is None            # no set_state: no forward
+  rows = [i for _, i in plan.outs if i is not None]
   assert sorted(rows) == [0, 0, 1, 1, 2, 2]                # w0..w2 and b0..b2
   j = plan.first.jaxpr
-  stacked = [j.outvars[k].aval.shape for _, k, i in plan.outs if i == 0]
+  stacked = [j.outvars[k].aval.shape for k, i in plan.outs if i == 0]
   assert sorted(stacked) == [(3, 4), (3, 4, 4)]
   # the first program returns each stacked value once: no slice is left for them
   outs = {id(v) for v in j.outvars}
@@ -62,16 +62,21 @@ def bn_model(x, is_training=True):
   return purify.nn.Linear(4)(jax.nn.relu(h))
 
 
-def test_forward_call_is_its_own_program_fed_by_the_stacked_values():
+def test_init_forward_is_apply_and_the_first_apply_finds_it_compiled():
   t, x, key = purify.transform_with_state(bn_model), jnp.ones((3, 4)), jax.random.PRNGKey(2)
-  ex = init_exec(t, x, key)
-  assert ex.plan.forward is not None
-  # the forward program takes the stacked weights whole (rows taken inside it)
-  first_outs = ex.plan.first.jaxpr.outvars
-  assert any(len(first_outs[k].aval.shape) == 3 for k in ex.plan.forward_src)
-  assert not any(e.primitive.name == "conv_general_dilated" or e.primitive.name == "dot_general"
-                 for e in ex.plan.first.jaxpr.eqns)
+  c = t.init.purified.compiled(key, (x,), {})[0]
+  ex = c.init_exec
+  # the moving averages are written once: their first values are apply's, so init's
+  # forward is apply's executable, fed with init's parameters and initial states
+  assert c.program.forward_jaxpr is None and ex.forward[0] is c.apply_exec
+  assert len(c.program.init_forward) == 2
+  # init's own program has no forward computation in it
+  assert not any(e.primitive.name == "dot_general" for e in c.program.init_jaxpr.jaxpr.eqns)
+  before = c.apply_exec._jitted._cache_size()
   eager = t.init(key, x)
+  assert c.apply_exec._jitted._cache_size() == before + 1
+  t.apply(eager[0], eager[1], None, x)                      # same shapes: compiled by init
+  assert c.apply_exec._jitted._cache_size() == before + 1
   leaves_bitwise_equal(eager, purify.transform_with_state(bn_model, pipeline=UNGROUPED).init(key, x))
   # traced, init is one program: the parameters are bitwise the same; the first values
   # written are computed by the same operations, which XLA may fuse differently once
@@ -80,9 +85,33 @@ def test_forward_call_is_its_own_program_fed_by_the_stacked_values():
   leaves_bitwise_equal(eager[0], traced[0])
   for a, b in zip(jax.tree_util.tree_leaves(eager[1]), jax.tree_util.tree_leaves(traced[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-  # the moving averages start at the first values written (not zeros)
-  avg = [v for k, v in jax.tree_util.tree_leaves_with_path(eager[1]) if "average" in str(k)]
-  assert avg and any(np.abs(np.asarray(a)).sum() > 0 for a in avg)
+  # the moving averages start at the first values written (not zeros): apply's
+  want = t.apply(eager[0], jax.tree_util.tree_map(jnp.zeros_like, eager[1]), None, x)[1]
+  avg = [(k, v) for k, v in jax.tree_util.tree_leaves_with_path(eager[1]) if "average" in str(k)]
+  assert avg and any(np.abs(np.asarray(a)).sum() > 0 for _, a in avg)
+  want_avg = [v for k, v in jax.tree_util.tree_leaves_with_path(want) if "average" in str(k)]
+  for (_, a), b in zip(avg, want_avg):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def twice_model(x):
+  """A state written twice: its first value is not the one apply returns."""
+  purify.set_state("s", x.sum(0))
+  purify.set_state("s", purify.get_state("s") * 3.0)
+  return x @ purify.param("w", (4, 2), init=jax.nn.initializers.ones)
+
+
+def test_init_forward_is_a_program_of_its_own_when_the_first_value_is_not_the_last():
+  t, x, key = purify.transform_with_state(twice_model), jnp.arange(8.0).reshape(2, 4), jax.random.PRNGKey(0)
+  c = t.init.purified.compiled(key, (x,), {})[0]
+  assert c.program.forward_jaxpr is not None and c.init_exec.forward[0] is not c.apply_exec
+  params, state = t.init(key, x)
+  np.testing.assert_array_equal(state["~"]["s"], np.asarray(x).sum(0))       # the first write
+  _, new = t.apply(params, state, None, x)
+  np.testing.assert_array_equal(new["~"]["s"], np.asarray(x).sum(0) * 3.0)   # the last one
+  traced = jax.jit(t.init)(key, x)
+  leaves_bitwise_equal((params, state), traced)
+  assert "init forward (the forward below" in str(c.program)
 
 
 def test_eager_init_is_bitwise_the_traced_and_the_ungrouped_init():

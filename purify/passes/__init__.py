@@ -4,7 +4,7 @@ from purify.passes.hoist_params import HoistParams
 from purify.passes.thread_rng import ThreadRng
 from purify.passes.thread_state import ThreadState
 from purify.passes.group_init import GroupInit
-from purify.passes.split_init import SplitInit, FORWARD_CALL
+from purify.passes.split_init import SplitInit
 from purify.passes.fuse_random_bits import FuseRandomBits
 from purify.passes.stacks_as_xs import StacksAsXs
 from purify.passes.dce import DeadCodeElimination

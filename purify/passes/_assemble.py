@@ -79,9 +79,7 @@ def iter_eqns(jaxpr):
 
 
 def no_effect_postcondition(program, effect_types, prims, pass_name):
-  for j in (program.jaxpr, program.init_jaxpr):
-    if j is None:
-      continue
+  for _, j in program.jaxprs():
     if fx.has_effect(_compat.open_of(j).effects, effect_types):
       raise errors.PipelineError(f"after {pass_name}: the program still has effects "
                                  f"{_compat.open_of(j).effects}")

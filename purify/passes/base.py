@@ -116,9 +116,8 @@ class Pipeline:
 
 def verify_program(program: Program, p: Pass, records) -> None:
   try:
-    _compat.check_jaxpr(program.jaxpr)
-    if program.init_jaxpr is not None:
-      _compat.check_jaxpr(program.init_jaxpr)
+    for _, j in program.jaxprs():
+      _compat.check_jaxpr(j)
     p.postcondition(program)
   except errors.PurifyError:
     raise

@@ -1,6 +1,7 @@
 """Pass: dead-code elimination on init and apply (inputs are kept: the signature
 does not change). This is what makes init lean: it keeps only the initializers and
-the computations of set_state-created initial values, never the forward pass."""
+the initializers, never the forward pass (init's forward, for set_state-created
+initial values, is apply or a program of its own: ``Program.forward_jaxpr``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -36,4 +37,6 @@ class DeadCodeElimination(Pass):
   provides = frozenset({"dce"})
 
   def run(self, program):
-    return program.replace(jaxpr=dce_closed(program.jaxpr), init_jaxpr=dce_closed(program.init_jaxpr))
+    fwd = program.forward_jaxpr
+    return program.replace(jaxpr=dce_closed(program.jaxpr), init_jaxpr=dce_closed(program.init_jaxpr),
+                           forward_jaxpr=dce_closed(fwd) if fwd is not None else None)

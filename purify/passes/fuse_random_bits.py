@@ -49,7 +49,6 @@ from jax import lax
 from purify import _compat
 from purify.passes._assemble import iter_eqns, jaxprs_in
 from purify.passes.base import Pass
-from purify.passes.split_init import FORWARD_CALL
 
 
 # ----------------------------------------------------------------------------- the fused draw
@@ -151,7 +150,7 @@ def _inline(eqns, subst):
     else:
       ins = [atom(v) for v in e.invars]
     if (e.primitive is _compat.jit_p and not e.effects and _compat.jit_is_plain_call(e.params)
-        and e.params["name"] != FORWARD_CALL and _draws(e.params["jaxpr"])):
+        and _draws(e.params["jaxpr"])):
       inner = _compat.open_of(e.params["jaxpr"])
       ienv = dict(zip(inner.invars, ins))
       work.append((("bind", e, inner, ienv), env))

@@ -3,10 +3,19 @@
 Both come from the one effectful program. ``init(root_key, *args)`` returns every
 parameter (its initializer called with ``keys.param_key(root, "module/name")``; a
 parameter stacked by ``param_axes=0`` gets one initializer call per member, with
-member keys folded in) and every state's initial value (its ``init(shape, dtype)``,
-or for state created by ``set_state`` the first value written, which needs the part
-of the forward computation that produces it — the DCE pass keeps only that part).
+member keys folded in) and every state's initial value (its ``init(shape, dtype)``).
 ``apply`` is the program without its ``state_first`` outputs.
+
+State created by ``set_state`` starts at the first value written, which needs the
+forward computation: the *forward* of init, which the pass records instead of
+tracing it into init (``Program.init_forward``): it is the program itself — apply's
+inputs, fed with the parameters and initial states init computes, init's key as the
+rng and init's arguments. When each such state's first value is the value apply
+returns for it (a straight-line model writes it once: the same variable), the
+forward IS apply (``forward_jaxpr`` None: an eager init compiles apply's program,
+and the first apply with the same shapes finds it compiled); otherwise the forward
+is the program with only the first values as outputs (``forward_jaxpr``). The
+lowering composes init and its forward (``lowering.Executable``).
 """
 from __future__ import annotations
 
@@ -21,19 +30,6 @@ from purify import _context
 from purify import errors
 from purify import keys
 from purify.passes.base import Pass
-
-
-#: The name of init's call to the forward computation (for set_state-created initial
-#: values). An eager init compiles it as a program of its own (lowering.Executable):
-#: in one program XLA fuses the initializers' tails into the forward's consumers.
-FORWARD_CALL = "init_forward"
-
-
-def _forward_call(jaxpr, consts):
-  def forward(*ins):
-    return jax.core.eval_jaxpr(jaxpr, consts, *ins)
-  forward.__name__ = forward.__qualname__ = FORWARD_CALL
-  return forward
 
 
 def init_group(sites, group_keys):
@@ -102,6 +98,23 @@ def _checked(value, site, lead=()):
   return value.astype(site.dtype)
 
 
+def _forward_of(program, j, keep, param_keys, state_keys):
+  """``(init_forward, forward outvars)``: which init outputs (set_state-created
+  states) take which output of the forward, and the forward's outputs when it is not
+  apply (None when it is: every first value is apply's value for that state)."""
+  first = [(i, r[1]) for i, r in enumerate(program.out_roles) if r[0] == "state_first"]
+  if not first:
+    return (), None
+  init_index = {k: len(param_keys) + n for n, k in enumerate(state_keys)}
+  apply_index = {program.out_roles[i][1]: n for n, i in enumerate(keep)
+                 if program.out_roles[i][0] == "state"}
+  apply_out = [j.outvars[i] for i in keep]
+  if all(k in apply_index and j.outvars[i] is apply_out[apply_index[k]] for i, k in first):
+    return tuple((init_index[k], apply_index[k]) for _, k in first), None
+  return (tuple((init_index[k], n) for n, (_, k) in enumerate(first)),
+          [j.outvars[i] for i, _ in first])
+
+
 def _blame_leaking_initializer(program, key):
   """An initializer closed over a value of the model's trace: find which one."""
   for site in program.params.values():
@@ -155,14 +168,6 @@ class SplitInit(Pass):
       for k in state_keys:
         st = program.states[k]
         states[k] = _initial_state(st, root)
-      if first:
-        ins = []
-        for r in program.in_roles:
-          ins.append({"param": lambda: params[r[1]], "rng": lambda: root,
-                      "state": lambda: states[r[1]], "arg": lambda: args[r[1]]}[r[0]]())
-        outs = jax.jit(_forward_call(j, consts))(*ins)
-        for i in first:
-          states[program.out_roles[i][1]] = outs[i]
       return [params[k] for k in param_keys] + [states[k] for k in state_keys]
 
     sds = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
@@ -173,14 +178,22 @@ class SplitInit(Pass):
       _blame_leaking_initializer(program, key)
     keep = [i for i, r in enumerate(program.out_roles) if r[0] != "state_first"]
     apply_cj = _compat.replace_jaxpr(cj, outvars=[j.outvars[i] for i in keep])
+    init_forward, forward_cj = _forward_of(program, j, keep, param_keys, state_keys)
+    if init_forward and forward_cj is not None:
+      forward_cj = _compat.replace_jaxpr(cj, outvars=forward_cj)
     return program.replace(
         jaxpr=apply_cj, out_roles=tuple(program.out_roles[i] for i in keep),
         init_jaxpr=init_cj,
         init_in_roles=(("rng",),) + tuple(("arg", i) for i in range(len(arg_avals))),
-        init_out_roles=tuple(("param", k) for k in param_keys) + tuple(("state", k) for k in state_keys))
+        init_out_roles=tuple(("param", k) for k in param_keys) + tuple(("state", k) for k in state_keys),
+        init_forward=init_forward, forward_jaxpr=forward_cj)
 
   def postcondition(self, program):
     if program.init_jaxpr is None:
       raise errors.PipelineError("split_init produced no init program")
     if any(r[0] == "state_first" for r in program.out_roles):
       raise errors.PipelineError("split_init left state_first outputs in apply")
+    fwd = program.forward_jaxpr if program.forward_jaxpr is not None else program.jaxpr
+    n_init, n_fwd = len(program.init_out_roles), len(_compat.open_of(fwd).outvars)
+    if any(not (0 <= a < n_init and 0 <= b < n_fwd) for a, b in program.init_forward):
+      raise errors.PipelineError("split_init: init_forward indexes outside init or its forward")

@@ -16,9 +16,7 @@ from purify.passes.base import Pass
 
 
 def verify(program, check: bool = True):
-  for label, j in (("apply", program.jaxpr), ("init", program.init_jaxpr)):
-    if j is None:
-      continue
+  for label, j in program.jaxprs():
     if fx.has_effect(_compat.open_of(j).effects):
       raise errors.PipelineError(f"purify bug: {label} program still has effects "
                                  f"{_compat.open_of(j).effects}")

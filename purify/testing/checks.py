@@ -229,11 +229,10 @@ def check_pipeline(program: g.Program, seed: int = 0):
   records = _explain(program, x, n)
   from purify import _compat
   for name, prog in records[1:]:
-    _compat.check_jaxpr(prog.jaxpr)
-    if prog.init_jaxpr is not None:
-      _compat.check_jaxpr(prog.init_jaxpr)
+    for _, j in prog.jaxprs():
+      _compat.check_jaxpr(j)
   final = records[-1][1]
-  left = effect_primitives(final.jaxpr) + effect_primitives(final.init_jaxpr)
+  left = [e for _, j in final.jaxprs() for e in effect_primitives(j)]
   if left:
     raise ModelCheckError(f"effect primitives survive the pipeline: {left}")
   # and the programs the transform runs are those
@@ -241,7 +240,7 @@ def check_pipeline(program: g.Program, seed: int = 0):
   jax.eval_shape(t.init, jax.random.PRNGKey(0), x, n)
   for entries in t.init.purified.cache.values():
     for c in entries.values():
-      left = effect_primitives(c.program.jaxpr) + effect_primitives(c.program.init_jaxpr)
+      left = [e for _, j in c.program.jaxprs() for e in effect_primitives(j)]
       if left:
         raise ModelCheckError(f"effect primitives in the compiled program: {left}")
 
