@@ -323,6 +323,7 @@ from jax._src.random import prng as _prng  # noqa: E402
 from jax._src.random import threefry2x32 as _threefry  # noqa: E402
 
 random_bits_p = _prng.random_bits_p
+random_fold_in_p = _prng.random_fold_in_p
 threefry2x32_p = _threefry.threefry2x32_p
 
 

@@ -24,12 +24,15 @@ def count(jaxpr, prim):
   return sum(e.primitive is prim for e in iter_eqns(jaxpr))
 
 
+def named_calls(jaxpr, name):
+  return sum(e.primitive is _compat.jit_p and e.params["name"] == name
+             for e in _compat.open_of(jaxpr).eqns)
+
+
 def draws(jaxpr):
-  """(random_bits left, fused hashes: the pass's named ``threefry2x32`` calls)."""
-  hashes = sum(e.primitive is _compat.jit_p and e.params["name"] == "threefry2x32"
-               for e in iter_eqns(jaxpr))
+  """(random_bits left, fused hashes: the pass's top-level ``threefry2x32`` calls)."""
   assert count(jaxpr, _compat.threefry2x32_p) == 0
-  return count(jaxpr, _compat.random_bits_p), hashes
+  return count(jaxpr, _compat.random_bits_p), named_calls(jaxpr, "threefry2x32")
 
 
 def assert_bitwise(a, b):
@@ -56,6 +59,11 @@ def check_fused_to_one(stages):
   assert before[0] >= 2 and before[1] == 0, before
   assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
   assert draws(stages["verify_pure"].init_jaxpr) == (0, 1)
+  # the parameters' keys are derived with the written-out hash too: no live fold_in
+  # is left (dead ones go at DCE)
+  assert count(stages["split_init"].init_jaxpr, _compat.random_fold_in_p) >= 2
+  assert count(stages["verify_pure"].init_jaxpr, _compat.random_fold_in_p) == 0
+  assert named_calls(stages["verify_pure"].init_jaxpr, "threefry_fold_in") >= 2
   return before[0]
 
 
@@ -162,11 +170,13 @@ def test_nothing_to_fuse_leaves_the_program_unchanged():
   stages, _ = check_init(one_draw, jnp.ones(3))
   assert draws(stages["split_init"].init_jaxpr) == (1, 0)
   assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
-  # draws lowered in JAX's original (non-partitionable) form are not touched
+  # draws lowered in JAX's original (non-partitionable) form are not touched (the
+  # keys' fold_in does not depend on the form: it is written out all the same)
   with jax.threefry_partitionable(False):
-    stages = dict(purify.explain(two_draws_model, jnp.ones(3)))
+    stages, _ = check_init(two_draws_model, jnp.ones(3))
   assert draws(stages["split_init"].init_jaxpr) == (2, 0)
-  assert stages["fuse_random_bits"].init_jaxpr is stages["split_init"].init_jaxpr
+  assert draws(stages["fuse_random_bits"].init_jaxpr) == (2, 0)
+  assert count(stages["verify_pure"].init_jaxpr, _compat.random_fold_in_p) == 0
   # (and with it, they are fused)
   stages = dict(purify.explain(two_draws_model, jnp.ones(3)))
   assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)

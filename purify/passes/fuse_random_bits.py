@@ -27,7 +27,11 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    unrolled form, its GPU lowering): on CPU JAX lowers the primitive as a rolled
    loop that streams the whole operands through memory five times, 3-4x slower on
    init's millions of elements; a level of a single draw gets it too;
-4. re-sorts the equations topologically.
+4. writes out the hash of the keys' ``fold_in`` too (every parameter's key is
+   ``fold_in(fold_in(root, hi), lo)`` of its name's hash, ``threefry_fold_in``):
+   the primitive's rolled-loop lowering costs ~0.3 s of XLA compile per fold on
+   CPU; the folded keys are materialized once (see ``_materialized``);
+5. re-sorts the equations topologically.
 
 A program with effects, draws of another PRNG implementation, a context other
 than the plain partitionable one (``eqn.ctx``), or nothing to fuse is returned
@@ -119,6 +123,57 @@ def _fused_jaxpr(key_avals, specs):
   if _compat.consts_of(cj) or _compat.open_of(cj).constvars:
     raise AssertionError("purify internal: the fused random_bits helper has consts")
   return cj
+
+
+@jax.jit
+def threefry_fold_in(keys, msgs):
+  """``jax.random.fold_in`` of threefry ``keys`` with uint32 ``msgs`` (broadcast
+  together), the hash written out: JAX's ``fold_in(key, d)`` is
+  ``threefry2x32(key, (0, d))`` (the 32-bit seed's high word is 0). Bitwise JAX's
+  keys; on CPU the primitive's rolled-loop lowering costs ~0.3 s of XLA compile per
+  fold (init derives every parameter's key with two). One named call in the program;
+  the keys are materialized (the hash's optimization barrier): fused into each of
+  their consumers, XLA would repeat the hash in every one."""
+  jnp = jax.numpy
+  shape = jnp.broadcast_shapes(keys.shape, msgs.shape)
+  data = jax.random.key_data(keys)
+  k1, k2 = (jnp.broadcast_to(lax.index_in_dim(data, i, axis=data.ndim - 1, keepdims=False), shape)
+            for i in (0, 1))
+  b1, b2 = _compat.threefry2x32_unrolled(k1, k2, lax.full(shape, 0, np.uint32),
+                                         jnp.broadcast_to(msgs, shape))
+  b1, b2 = _materialized(b1, b2)
+  return jax.random.wrap_key_data(jnp.stack([b1, b2], axis=-1), impl="threefry2x32")
+
+
+def _materialized(*xs):
+  """``xs`` (same shape), computed once: XLA fuses an elementwise producer into each
+  of its consumers (an ``optimization_barrier`` does not stop it on CPU), which
+  would repeat a hash in every consumer of the keys. A sort by an iota (the order
+  they have) is never fused and leaves the values as they are."""
+  shape, n = xs[0].shape, math.prod(xs[0].shape)
+  out = lax.sort((lax.iota(np.int32, n),) + tuple(lax.reshape(x, (n,)) for x in xs), num_keys=1)
+  return [lax.reshape(x, shape) for x in out[1:]]
+
+
+@functools.lru_cache(maxsize=256)
+def _fold_in_jaxpr(keys_aval, msgs_aval):
+  cj = jax.make_jaxpr(threefry_fold_in)(
+      jax.ShapeDtypeStruct(keys_aval.shape, keys_aval.dtype),
+      jax.ShapeDtypeStruct(msgs_aval.shape, msgs_aval.dtype))
+  if _compat.consts_of(cj) or _compat.open_of(cj).constvars:
+    raise AssertionError("purify internal: the written-out fold_in helper has consts")
+  return cj
+
+
+def _fold_in_fusable(e) -> bool:
+  """A ``random_fold_in`` of threefry keys with uint32 messages (static shapes)."""
+  if e.primitive is not _compat.random_fold_in_p or e.effects or len(e.invars) != 2:
+    return False
+  k, m = e.invars
+  if isinstance(k, _compat.Literal) or not _compat.is_threefry_key_aval(k.aval):
+    return False
+  return (getattr(m.aval, "dtype", None) == np.uint32
+          and all(type(d) is int for d in tuple(k.aval.shape) + tuple(m.aval.shape)))
 
 
 # ----------------------------------------------------------------------------- the rewrite
@@ -264,7 +319,8 @@ def fuse(closed_jaxpr):
   """``closed_jaxpr`` with each level of independent threefry draws fused into one
   threefry2x32 (see module docstring); the same object when there is nothing to do."""
   j = _compat.open_of(closed_jaxpr)
-  if j.effects or not any(e.primitive is _compat.random_bits_p for e in iter_eqns(j)):
+  if j.effects or not any(e.primitive is _compat.random_bits_p or e.primitive is _compat.random_fold_in_p
+                          for e in iter_eqns(j)):
     return closed_jaxpr
   subst: dict = {}
   eqns = _inline(list(j.eqns), subst)
@@ -297,6 +353,12 @@ def fuse(closed_jaxpr):
       continue                     # e.g. a sharded aval: leave this level as it is
     spliced[members[0]] = _splice(helper, keys, [e.outvars[0] for e in es], es[0])
     removed.update(members)
+  for i, e in enumerate(eqns):
+    if is_live[i] and _fold_in_fusable(e):
+      helper = _fold_in_jaxpr(e.invars[0].aval, e.invars[1].aval)
+      if _compat.open_of(helper).outvars[0].aval == e.outvars[0].aval:
+        spliced[i] = _splice(helper, list(e.invars), list(e.outvars), e)
+        removed.add(i)
   if not spliced:
     return closed_jaxpr
   new_eqns = []
