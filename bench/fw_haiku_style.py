@@ -286,16 +286,16 @@ def purify_cold(t, key, x, stateful):
       t.init(key, x)
     except _Captured as e:
       flat = e.flat
-    # what an eager init compiles and runs (lowering.Executable): the program without
-    # its stacked rows, the rows taken apart (timed as run), then init's forward when
-    # set_state creates state (apply's program, its stages added to init's: the first
-    # apply below then finds it compiled)
+    # what an eager init compiles and runs (lowering.Executable): the fused hash, the
+    # program after it without its stacked rows, the rows taken apart (timed as run),
+    # then init's forward when set_state creates state (apply's program: the first
+    # apply below then finds it compiled); each later program's stages added to init's
     st_init, outs, comp_init = stage(real_init.eager, flat)
     if real_init.plan is not None or real_init.forward is not None:
       staged = ("trace", "lower", "compile")
       fst = dict.fromkeys(staged, 0.0)
 
-      def run_forward(jitted, args):
+      def run_stage(jitted, args):
         nonlocal comp_init
         st, out, comp_fwd = stage(jitted, args)
         for k in staged:
@@ -303,11 +303,11 @@ def purify_cold(t, key, x, stateful):
         comp_init = (comp_init, comp_fwd)
         return out
       t1 = time.perf_counter()
-      outs = jax.block_until_ready(real_init.finish(flat, outs, run_forward))
+      outs = jax.block_until_ready(real_init.finish(flat, outs, run_stage))
       took = time.perf_counter() - t1
       for k in staged:
         st_init[k] += fst[k]
-      st_init["run"] += took - sum(fst.values())       # the forward's run and the row split
+      st_init["run"] += took - sum(fst.values())       # the later programs' runs and the row split
     c.init_exec = _Replay(outs)
     variables = t.init(key, x)
     c.apply_exec = _Recorder()

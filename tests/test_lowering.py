@@ -55,6 +55,20 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
                                       and any(id(v) in outs for v in e.invars)]
 
 
+def test_the_fused_hash_is_a_program_of_its_own():
+  """XLA CPU would repeat the hash in every kernel that reads its bits: an eager init
+  computes it first, in a program of its own, and feeds its outputs to the rest."""
+  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  plan = init_exec(t, x, key).plan
+  hash_calls = lambda j: [e for e in j.jaxpr.eqns if e.primitive.name in ("jit", "pjit")  # noqa: E731
+                          and e.params["name"] == "threefry2x32"]
+  assert plan.hashes is not None and len(hash_calls(plan.hashes)) == 1
+  assert not hash_calls(plan.first)
+  n_hash = len(plan.hashes.jaxpr.outvars)
+  assert len(plan.first.jaxpr.invars) == 2 + n_hash      # key, x, then the hash's outputs
+  leaves_bitwise_equal(t.init(key, x), jax.jit(t.init)(key, x))
+
+
 def bn_model(x, is_training=True):
   """set_state-created moving averages: init runs the forward computation."""
   h = purify.nn.Linear(4)(x)

@@ -6,13 +6,14 @@ from purify.passes.thread_state import ThreadState
 from purify.passes.group_init import GroupInit
 from purify.passes.split_init import SplitInit
 from purify.passes.fuse_random_bits import FuseRandomBits
+from purify.passes.fuse_init_tails import FuseInitTails
 from purify.passes.stacks_as_xs import StacksAsXs
 from purify.passes.dce import DeadCodeElimination
 from purify.passes.verify_pure import VerifyPure
 from purify.passes._thread import HOP_RULES, register_hop_rule
 
 DEFAULT_PASSES = (HoistParams(), ThreadRng(), ThreadState(), GroupInit(), SplitInit(),
-                  FuseRandomBits(), StacksAsXs(), DeadCodeElimination(), VerifyPure())
+                  FuseRandomBits(), FuseInitTails(), StacksAsXs(), DeadCodeElimination(), VerifyPure())
 
 
 def default_pipeline() -> Pipeline:

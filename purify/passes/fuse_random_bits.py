@@ -51,6 +51,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
+from purify.passes import fuse_init_tails
 from purify.passes._assemble import iter_eqns, jaxprs_in
 from purify.passes.base import Pass
 
@@ -91,6 +92,10 @@ def fused_random_bits(specs):
       outs.append(_finish(x1, x2, width))
     return outs
   return fn
+
+
+#: The name of the fused hash's call in init (lowering runs it as a program apart).
+HASH_CALL = "threefry2x32"
 
 
 @jax.jit
@@ -341,6 +346,12 @@ def fuse(closed_jaxpr):
     d_out = d + 1 if _draws_in(e) else d
     for v in e.outvars:
       level[v] = d_out
+  # each level's draws ordered by their tails, so that alike tails are adjacent in the
+  # hash (fuse-init-tails computes them once on the slice that holds them)
+  graph = fuse_init_tails.Graph(eqns, outvars)
+  for d, members in groups.items():
+    sig = {i: fuse_init_tails.tail_signature(graph, eqns[i].outvars[0]) for i in members}
+    groups[d] = sorted(members, key=lambda i: sig[i])
   spliced: dict = {}               # first member's index -> the fused equations
   removed: set = set()
   for members in (c for g in groups.values() for c in _chunks(eqns, g)):
