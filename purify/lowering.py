@@ -30,6 +30,7 @@ program computes.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -37,6 +38,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes.dce import dce_closed
+from purify.passes import fuse_random_bits
 from purify.passes.fuse_random_bits import HASH_CALL
 
 
@@ -79,12 +81,14 @@ def _split_hashes(closed_jaxpr):
   CPU fuses the hash (cheap integer operations, ~270 of them) into every kernel that
   reads its bits — each initializer tail — however the program asks (an
   optimization barrier is removed before fusion); in a program of its own its
-  outputs are computed once (ResNet-50's init compile: ~3.6 s -> ~2.4 s)."""
+  outputs are computed once (ResNet-50's init compile: ~3.6 s -> ~2.4 s). Not done
+  when the hashes hold more than one fused chunk (``MAX_FUSED_ELEMENTS``): all their
+  outputs would be live at once (8 bytes a parameter element)."""
   j = _compat.open_of(closed_jaxpr)
   hs = [e for e in j.eqns if e.primitive is _compat.jit_p and e.params.get("name") == HASH_CALL]
-  if not hs:
-    return None
   hv = [v for e in hs for v in e.outvars]
+  if not hs or sum(math.prod(v.aval.shape) for v in hv) > 2 * fuse_random_bits.MAX_FUSED_ELEMENTS:
+    return None                  # (its outputs would all be live at once: bounded memory)
   hashes = dce_closed(_compat.replace_jaxpr(closed_jaxpr, outvars=hv))
   rest = _compat.replace_jaxpr(closed_jaxpr, invars=list(j.invars) + hv,
                                eqns=[e for e in j.eqns if not any(e is h for h in hs)])

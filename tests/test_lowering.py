@@ -3,6 +3,8 @@
 on the host, elsewhere with one jitted dynamic-index program per stacked shape. The
 values are bitwise those of the whole program bound under a trace, and of the
 ungrouped init; the outputs are ordinary arrays (donatable, on the key's device)."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +69,19 @@ def test_the_fused_hash_is_a_program_of_its_own():
   n_hash = len(plan.hashes.jaxpr.outvars)
   assert len(plan.first.jaxpr.invars) == 2 + n_hash      # key, x, then the hash's outputs
   leaves_bitwise_equal(t.init(key, x), jax.jit(t.init)(key, x))
+
+
+def test_hashes_larger_than_one_chunk_stay_in_the_program(monkeypatch):
+  """Bounded memory: the hashes' outputs would all be live at once."""
+  from purify.passes import fuse_random_bits
+  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  c = t.init.purified.compiled(key, (x,), {})[0]
+  hashed = sum(math.prod(v.aval.shape) for v in c.init_exec.plan.hashes.jaxpr.outvars)
+  want = c.init_exec(key, x)
+  monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", hashed // 2 - 1)
+  ex = lowering.Executable(c.program.init_jaxpr, "init", staged=True)
+  assert ex.plan is not None and ex.plan.hashes is None            # rows only
+  leaves_bitwise_equal(ex(key, x), want)
 
 
 def bn_model(x, is_training=True):
