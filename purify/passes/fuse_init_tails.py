@@ -199,7 +199,7 @@ def fuse_tails(closed_jaxpr):
     return closed_jaxpr
   eqns = list(j.eqns)
   g = Graph(eqns, j.outvars, j.invars)
-  draws = []                      # (hash, start, stop, xor eqn index, [(eqn, desc)])
+  draws = []              # (hash eqn, start, stop, xor eqn, chain steps), eqn indices
   for i, e in enumerate(eqns):
     src = _source(g, e)
     if src is not None:
@@ -226,7 +226,7 @@ def fuse_tails(closed_jaxpr):
     length = _worth(descs[0][:_common(descs)])
     new.extend(_shared(g, run, length, drop))
   kept = [e for i, e in enumerate(eqns) if i not in drop]
-  from purify.passes.fuse_random_bits import _toposort
+  from purify.passes.fuse_random_bits import _toposort   # (that module imports this one)
   return _compat.replace_jaxpr(closed_jaxpr, eqns=_toposort(kept + new))
 
 
