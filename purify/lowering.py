@@ -55,8 +55,7 @@ class _Staged:
 
 
 def _row_of(eqn_of, v):
-  """``(G, i, slice eqn, squeeze eqn)`` when ``v = squeeze(slice(G, [i, i+1) on axis
-  0))``, else None."""
+  """``(G, i)`` when ``v = squeeze(slice(G, [i, i+1) on axis 0))``, else None."""
   if not isinstance(v, _compat.Var):
     return None
   sq = eqn_of.get(id(v))
@@ -72,7 +71,7 @@ def _row_of(eqn_of, v):
       or any(s != 0 for s in start[1:]) or tuple(limit[1:]) != shape[1:]
       or jax.dtypes.issubdtype(g.aval.dtype, jax.dtypes.extended)):
     return None
-  return g, int(start[0]), sl, sq
+  return g, int(start[0])
 
 
 def _split_hashes(closed_jaxpr):
@@ -103,7 +102,7 @@ def staged_plan(closed_jaxpr):
   first_outs, slot, outs = [], {}, []
   for v in j.outvars:
     r = _row_of(eqn_of, v)
-    base, i = (r[0], r[1]) if r is not None else (v, None)
+    base, i = r if r is not None else (v, None)
     key = id(base) if isinstance(base, _compat.Var) else ("literal", len(first_outs))
     if key not in slot:
       slot[key] = len(first_outs)
@@ -181,11 +180,9 @@ class Executable:
       split = {k: _rows(outs[k], n) for k, n in need.items()}
       outs = [outs[k] if i is None else split[k][i] for k, i in self.plan.outs]
     if self.forward is not None:
-      ex, ins, pairs = self.forward
-      args = [flat[i] if src == "in" else outs[i] for src, i in ins]
-      fwd = run(ex.eager, args) if run_stage is not None else ex(*args)
-      for a, b in pairs:
-        outs[a] = fwd[b]
+      ex = self.forward[0]
+      outs = _with_forward(self.forward, flat, outs, lambda args: (
+          run(ex.eager, args) if run_stage is not None else ex(*args)))
     return outs
 
   @property
@@ -206,14 +203,22 @@ def _jit(closed_jaxpr, name):
 
 def _composed(closed_jaxpr, name, forward):
   """One jitted function: the program, then its forward (traced callers)."""
-  ex, ins, pairs = forward
+  ex = forward[0]
 
   def run(*flat):
     outs = list(_compat.bind_closed(closed_jaxpr, *flat))
-    fwd = ex._jitted(*[flat[i] if src == "in" else outs[i] for src, i in ins])
-    for a, b in pairs:
-      outs[a] = fwd[b]
-    return outs
+    return _with_forward(forward, flat, outs, lambda args: ex._jitted(*args))
 
   run.__name__ = name
   return jax.jit(run)
+
+
+def _with_forward(forward, flat, outs, call):
+  """``outs`` with the forward's outputs in place: ``call(args)`` runs the forward on
+  its inputs, taken from the program's inputs ``flat`` and outputs ``outs``."""
+  _, ins, pairs = forward
+  fwd = call([flat[i] if src == "in" else outs[i] for src, i in ins])
+  outs = list(outs)
+  for a, b in pairs:
+    outs[a] = fwd[b]
+  return outs
