@@ -14,6 +14,8 @@ Differences handled here (see shared/notes/jax-internals.md):
 """
 from __future__ import annotations
 
+import inspect
+
 import jax
 from jax._src import config as _config
 from jax._src import core as _core
@@ -151,6 +153,29 @@ def dce_jaxpr(jaxpr, used_outputs, instantiate=False):
   """Dead-code elimination keeping every input (signature unchanged)."""
   new, used_inputs = _pe.dce_jaxpr(jaxpr, used_outputs, instantiate)
   return new, used_inputs
+
+
+_DCE_LIVE_INS = "live_ins" in inspect.signature(_pe._default_dce_rule).parameters
+
+
+def dce_rule(prim):
+  """JAX's dead-code rule of ``prim`` as ``rule(used_outs, eqn) -> (used_ins, eqn or
+  None)``, or None when the primitive has the default rule (0.12 also passes which
+  inputs are live refs: purify's programs hold no refs, all are)."""
+  rule = _pe.dce_rules.get(prim)
+  if rule is None or not _DCE_LIVE_INS:
+    return rule
+  return lambda used_outs, eqn: rule(used_outs, [True] * len(eqn.invars), eqn)
+
+
+def jaxpr_effects(constvars, invars, outvars, eqns):
+  """The effects of a jaxpr made of these parts (JAX's own computation)."""
+  return _pe.make_jaxpr_effects(constvars, invars, outvars, eqns)
+
+
+def blocks_dce(eqn) -> bool:
+  """Whether ``eqn``'s effects keep it alive with no output used (JAX's rule)."""
+  return bool(eqn.effects) and _pe.has_effects(eqn)
 
 
 # ----------------------------------------------------------------------------- scan
