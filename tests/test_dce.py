@@ -82,6 +82,21 @@ def f_scan_unused_xs(x):
   return jax.lax.scan(body, x[0], (x, idx))[0]
 
 
+def f_scan_unused_inputs_before_used_ones(x):
+  """Inputs the rule drops sit before inputs it keeps: what is live afterwards must
+  be read against the equation's inputs before the drop."""
+  idx = jnp.arange(x.shape[0], dtype=jnp.int32)
+  dead_const = jnp.exp(x[0])               # used only by dead code in the body
+  used_const = jnp.cos(x[1])
+  scale = jnp.sin(x)
+
+  def body(c, xs):
+    _, xi, si = xs                          # the index (the first xs) is never used
+    _ = c * dead_const
+    return c * used_const + xi * si, None
+  return jax.lax.scan(body, x[0], (idx, x, scale))[0]
+
+
 def f_while_unused_const(x):
   unused = jnp.exp(x)
 
@@ -101,7 +116,8 @@ def f_nothing_dead(x):
 
 
 AGREE = [f_top_level, f_partial_jit, f_partial_cond, f_scan_dead_carry,
-         f_scan_unused_xs, f_while_unused_const, f_effect_kept, f_nothing_dead]
+         f_scan_unused_xs, f_scan_unused_inputs_before_used_ones, f_while_unused_const,
+         f_effect_kept, f_nothing_dead]
 X = jnp.linspace(0.1, 1.0, 12, dtype=jnp.float32).reshape(4, 3)
 
 

@@ -37,13 +37,18 @@ def assemble_top(program, t, rw, worker, *, in_channels, out_channels, first_val
                          out_roles=tuple(r for r, _ in outs))
 
 
+_JAXPR_TYPES = frozenset(_compat.JAXPR_TYPES)
+
+
 def jaxprs_in(params) -> list:
-  """The jaxprs among an equation's ``params`` (a scan's body, cond's branches...)."""
+  """The jaxprs among an equation's ``params`` (a scan's body, cond's branches...).
+  Exact type tests: this runs on every equation of every walk."""
   out = []
   for v in params.values():
-    if isinstance(v, _compat.JAXPR_TYPES):
+    t = type(v)
+    if t in _JAXPR_TYPES:
       out.append(v)
-    elif type(v) is tuple and v and isinstance(v[0], _compat.JAXPR_TYPES):   # cond's branches
+    elif t is tuple and v and type(v[0]) in _JAXPR_TYPES:   # cond's branches
       out.extend(v)
   return out
 

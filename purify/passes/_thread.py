@@ -143,6 +143,17 @@ class Rewriter:
     self.cur[ch] = v
     return v
 
+  def read_as(self, ch, var):
+    """Make ``var`` (a leaf equation's result) the value of ``ch`` here: the
+    channel's input itself when this is its first read and the pass reads it from
+    an input; a substitution otherwise. Binding the leaf's own result saves
+    renaming every later use of it (most equations then keep their operands)."""
+    if (ch not in self.cur and self.pass_.reads_input(self, ch)
+        and not isinstance(var, _compat.DropVar) and var.aval == self.pass_.channel_aval(ch)):
+      self.in_map[ch] = self.cur[ch] = var
+    else:
+      self.subst[var] = self.read(ch)
+
   def new_input(self, ch):
     v = _compat.Var(self.pass_.channel_aval(ch))
     self.in_map[ch] = v
@@ -157,12 +168,22 @@ class Rewriter:
   def emit(self, eqn):
     self.eqns.append(eqn)
 
-  def inline(self, helper, in_atoms, source_info=None, ctx=None):
-    """Append ``helper``'s equations applied to ``in_atoms``; return its outputs."""
+  def inline(self, helper, in_atoms, source_info=None, ctx=None, into=None):
+    """Append ``helper``'s equations applied to ``in_atoms``; return its outputs.
+    ``into``: Vars to hold the helper's results (a leaf equation's own results,
+    so nothing needs renaming), where the helper computes them (else they are
+    substituted)."""
     j = _compat.open_of(helper)
     env = dict(zip(j.invars, in_atoms))
+    bind = {}
+    if into is not None:
+      made = {v for e in j.eqns for v in e.outvars}
+      for hv, v in zip(j.outvars, into):
+        if (not isinstance(hv, _compat.Literal) and hv in made and hv not in bind
+            and hv.aval == v.aval):
+          bind[hv] = v
     for e in j.eqns:
-      outs = [_compat.Var(v.aval) for v in e.outvars]
+      outs = [bind[v] if v in bind else _compat.Var(v.aval) for v in e.outvars]
       env.update(zip(e.outvars, outs))
       ins = [v if isinstance(v, _compat.Literal) else env[v] for v in e.invars]
       kw = {}
@@ -171,7 +192,11 @@ class Rewriter:
       if ctx is not None:
         kw["ctx"] = ctx
       self.eqns.append(e.replace(invars=ins, outvars=outs, **kw))
-    return [v if isinstance(v, _compat.Literal) else env[v] for v in j.outvars]
+    res = [v if isinstance(v, _compat.Literal) else env[v] for v in j.outvars]
+    for v, r in zip(into or (), res):
+      if v is not r:
+        self.subst[v] = r
+    return res
 
   def sub(self, jaxpr, *, loop_body=False, where=None):
     rw = Rewriter(self.pass_, jaxpr, loop_body=loop_body, depth=self.depth + 1,
@@ -179,17 +204,35 @@ class Rewriter:
     return rw.run()
 
   # -- the walk
+  def untouched(self) -> Threaded:
+    """The result of ``run`` on a jaxpr without the pass's effects, without the walk."""
+    j = self.jaxpr
+    return Threaded(self.template, list(j.invars), list(j.outvars), list(j.eqns), {}, {},
+                    None, self.pass_.effect_types)
+
   def run(self) -> Threaded:
+    # the hot loop of the three threading passes (every equation of the program):
+    # an equation without the pass's effect and without a renamed operand is kept
+    # as it is, at the cost of a few attribute reads
     pass_ = self.pass_
+    leaf_rules, types = pass_.leaf_rules, pass_.effect_types
+    subst, eqns = self.subst, self.eqns
+    Literal = _compat.Literal
     for eqn in self.jaxpr.eqns:
-      invars = [self.atom(v) for v in eqn.invars]
-      if any(a is not b for a, b in zip(invars, eqn.invars)):
-        eqn = eqn.replace(invars=invars)
-      if eqn.primitive in pass_.leaf_rules:
-        pass_.leaf_rules[eqn.primitive](pass_, self, eqn)
+      if subst:
+        ins = eqn.invars
+        invars = [v if isinstance(v, Literal) else subst.get(v, v) for v in ins]
+        if any(a is not b for a, b in zip(invars, ins)):
+          eqn = eqn.replace(invars=invars)
+      effs = eqn.effects
+      if not effs or not fx.has_effect(effs, types):
+        if eqn.primitive in leaf_rules:
+          leaf_rules[eqn.primitive](pass_, self, eqn)
+        else:
+          eqns.append(eqn)
         continue
-      if not fx.has_effect(eqn.effects, pass_.effect_types):
-        self.emit(eqn)
+      if eqn.primitive in leaf_rules:
+        leaf_rules[eqn.primitive](pass_, self, eqn)
         continue
       rule = HOP_RULES.get(eqn.primitive)
       if rule is None:
@@ -437,22 +480,37 @@ def _shard_map_rule(rw, eqn):
 # ----------------------------------------------------------------------------- the pass base
 class ThreadingPass:
   """Base of the three effect-removing passes. Subclasses set ``effect_types``,
-  ``leaf_rules`` ({primitive: fn(pass, rewriter, eqn)}) and ``channel_aval``."""
+  ``leaf_rules`` ({primitive: fn(pass, rewriter, eqn)}) and ``compute_aval``."""
 
   name = "?"
   effect_types: tuple = ()
   leaf_rules: dict = {}
 
   def channel_aval(self, ch):
+    """The aval of channel ``ch`` (``compute_aval``, once a channel)."""
+    cache = self.__dict__.setdefault("_avals", {})
+    a = cache.get(ch)
+    if a is None:
+      a = cache[ch] = self.compute_aval(ch)
+    return a
+
+  def compute_aval(self, ch):
     raise NotImplementedError
 
   def first_read(self, rw, ch):
     return rw.new_input(ch)
 
+  def reads_input(self, rw, ch) -> bool:
+    """Whether ``first_read`` of ``ch`` in ``rw`` is just ``rw.new_input(ch)``."""
+    return True
+
   def check_while_cond(self, t: Threaded) -> None:
     pass
 
   def rewrite_top(self, program):
-    """Rewrite the top-level jaxpr; returns (Threaded, rewriter)."""
+    """Rewrite the top-level jaxpr; returns (Threaded, rewriter). A program without
+    the pass's effects (they propagate to the top level's effect set) is not walked."""
     rw = Rewriter(self, program.jaxpr)
+    if not fx.has_effect(rw.jaxpr.effects, self.effect_types):
+      return rw.untouched(), rw
     return rw.run(), rw

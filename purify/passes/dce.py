@@ -72,14 +72,14 @@ def dce_closed(cj):
         if new is None:
           changed = True
           continue
-        if new is not e:
-          if _same_shape(new, e):
-            new = e                 # the rule rebuilt it, removing nothing: keep it
-          else:
-            changed = True
-        live.update(v for v, u in zip(new.invars, used_ins) if u and not isinstance(v, Literal))
-        kept.append(new)
-        continue
+        if new is e or _same_shape(new, e):
+          new = e                   # the rule removed nothing (rebuilt or not): keep it
+        else:
+          changed = True
+          # ``used_ins`` is of the equation's inputs before the rule dropped some
+          live.update(v for v, u in zip(e.invars, used_ins) if u and not isinstance(v, Literal))
+          kept.append(new)
+          continue
     live.update(v for v in new.invars if not isinstance(v, Literal))
     kept.append(new)
   if not changed:

@@ -27,14 +27,14 @@ class _Hoist(_thread.ThreadingPass):
   def __init__(self, program):
     self.program = program
 
-  def channel_aval(self, ch):
+  def compute_aval(self, ch):
     site = self.program.params[(ch[1], ch[2])]
     return _compat.ShapedArray(site.shape, site.dtype)
 
 
 def _param_leaf(pass_, rw, eqn):
   p = eqn.params
-  rw.subst[eqn.outvars[0]] = rw.read(("param", p["module"], p["name"]))
+  rw.read_as(("param", p["module"], p["name"]), eqn.outvars[0])
 
 
 _Hoist.leaf_rules = {fx.param_p: _param_leaf}

@@ -110,16 +110,18 @@ def _rewrite_scan(eqn, producers):
 def rewrite(jaxpr):
   """``jaxpr`` with every matching scan (at any depth) rewritten."""
   j = _compat.open_of(jaxpr)
-  producers = {}
+  producers = {}                   # of iotas only: all _rewrite_scan asks about
   eqns, changed = [], False
+  scan_p = _compat.scan_p
   for e in j.eqns:
-    e2 = map_sub_jaxprs(e, rewrite)
-    if e2.primitive is _compat.scan_p:
+    e2 = map_sub_jaxprs(e, rewrite) if e.params else e
+    if e2.primitive is scan_p:
       e2 = _rewrite_scan(e2, producers)
-    changed |= e2 is not e
+    elif e2.primitive.name == "iota":
+      producers[e2.outvars[0]] = e2
+    if e2 is not e:
+      changed = True
     eqns.append(e2)
-    for v in e2.outvars:
-      producers[v] = e2
   return _compat.replace_jaxpr(jaxpr, eqns=eqns) if changed else jaxpr
 
 

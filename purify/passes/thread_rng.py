@@ -51,12 +51,15 @@ class _Rng(_thread.ThreadingPass):
     self.program = program
     self.key = program.key_aval
 
-  def channel_aval(self, ch):
+  def compute_aval(self, ch):
     return _compat.ShapedArray(tuple(self.key.shape), self.key.dtype)
+
+  def reads_input(self, rw, ch):
+    return not rw.loop_body or getattr(rw, "unsplit", False)
 
   def first_read(self, rw, ch):
     outer = rw.new_input(ch)
-    if not rw.loop_body or getattr(rw, "unsplit", False):
+    if self.reads_input(rw, ch):
       return outer
     if rw.index is None:
       rw.index = _compat.Var(_compat.ShapedArray((), np.dtype(np.int32)))
@@ -79,9 +82,8 @@ def _rng_leaf(pass_, rw, eqn):
   base = rw.read(_thread.RNG)
   helper = _thread.helper_jaxpr(_thread.bound(_derive, tuple(p["batch"])),
                                 _key_sds(pass_.key), _U32, _U32)
-  out = rw.inline(helper, [base, _thread.literal(hi, np.uint32), _thread.literal(lo, np.uint32)],
-                  source_info=eqn.source_info)
-  rw.subst[eqn.outvars[0]] = out[0]
+  rw.inline(helper, [base, _thread.literal(hi, np.uint32), _thread.literal(lo, np.uint32)],
+            source_info=eqn.source_info, into=eqn.outvars)
 
 
 _Rng.leaf_rules = {fx.rng_p: _rng_leaf}

@@ -48,14 +48,17 @@ class _State(_thread.ThreadingPass):
   def __init__(self, program):
     self.program = program
 
-  def channel_aval(self, ch):
+  def compute_aval(self, ch):
     if ch[0] == BORN:
       return _BOOL
     st = self.program.states[(ch[1], ch[2])]
     return _compat.ShapedArray(st.shape, st.dtype)
 
+  def reads_input(self, rw, ch):
+    return rw.depth > 0 or ch[0] == "state"
+
   def first_read(self, rw, ch):
-    if rw.depth > 0 or ch[0] == "state":
+    if self.reads_input(rw, ch):
       return rw.new_input(ch)
     # the auxiliary channels of a set_state-created state, at the top level: born if
     # the top level already wrote it (its first value is known), else not yet
@@ -75,7 +78,7 @@ class _State(_thread.ThreadingPass):
 
 def _get_leaf(pass_, rw, eqn):
   p = eqn.params
-  rw.subst[eqn.outvars[0]] = rw.read(("state", p["module"], p["name"]))
+  rw.read_as(("state", p["module"], p["name"]), eqn.outvars[0])
 
 
 def _set_leaf(pass_, rw, eqn):
