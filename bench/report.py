@@ -373,8 +373,11 @@ def write(out, res, pipe, env, fws, models, mode, plots=True, partial=False):
            "round (the first to compile a kernel shape can pay one-time costs); the ×jax "
            "ratios are medians of per-round ratios with a bootstrap 95% CI (degenerate with "
            "one round: the --quick mode); `trace` is running the user's Python under JAX (for purify also the "
-           "trace of the bound pure program), `passes` purify's pipeline. purify traces the "
-           "user's Python once, for init and apply together, and counts it under init.",
+           "trace of the bound pure program, and the initializers its split_init pass runs: "
+           "the user's code, which a hand-written init traces too), `passes` purify's "
+           "pipeline without those initializers (building the executables after it is "
+           "`lower`). purify traces the user's Python once, for init and apply together, "
+           "and counts it under init.",
            "- steady state: medians of per-call times; ×jax is the median of ratios paired per "
            "repeat, with a bootstrap 95% CI. ResNet-50 runs in training mode (batch "
            "statistics, moving averages returned as state) for forward and train step; "

@@ -8,7 +8,7 @@ import numpy as np
 
 import purify
 from purify import keys, passes
-from purify.passes.group_init import initializer_key, _Unique
+from purify.passes.group_init import initializer_key, Unique
 
 UNGROUPED = passes.Pipeline([passes.GroupInit(enabled=False) if p.name == "group_init" else p
                              for p in passes.DEFAULT_PASSES])
@@ -103,7 +103,7 @@ def test_initializer_key_compares_by_behaviour():
   try:
     initializer_key(lambda k, s, d: arr)
     raise AssertionError("a closed-over array must not be compared by value")
-  except _Unique:
+  except Unique:
     pass
 
 
@@ -113,3 +113,69 @@ def test_derive_many_is_bitwise_derive():
   many = keys.derive_many(root, names)
   for i, n in enumerate(names):
     np.testing.assert_array_equal(many[i], keys.derive(root, n))
+
+
+def _count(cj, name):
+  from purify.passes._assemble import iter_eqns
+  return sum(e.primitive.name == name for e in iter_eqns(cj))
+
+
+def test_states_with_alike_initializers_share_one_initial_value():
+  """split_init computes a state's ``init(shape, dtype)`` once for all states whose
+  initializers compute the same thing at the same shape and dtype (no key: the same
+  array); different values, shapes, dtypes or unknown callables are not shared."""
+  class Marker:                    # a callable object: compared by identity only
+    def __call__(self, shape, dtype):
+      return jnp.full(shape, 7.0, dtype)
+  marker = Marker()
+
+  def stateful(x):
+    out = x
+    for i in range(4):
+      z = purify.get_state(f"zeros_{i}", (4,), jnp.float32, init=jnp.zeros)
+      o = purify.get_state(f"ones_{i}", (4,), jnp.float32, init=jnp.ones)
+      t = purify.get_state(f"three_{i}", (4,), jnp.float32,
+                           init=lambda s, d, v=3.0: jnp.full(s, v, d))
+      u = purify.get_state(f"cnt_{i}", (), jnp.int32, init=jnp.zeros)
+      m = purify.get_state(f"mark_{i}", (4,), jnp.float32, init=marker)
+      w = purify.get_state(f"wide_{i}", (2, 4), jnp.float32, init=jnp.zeros)
+      out = out + z + o + t + u + m + w.sum(0)
+      purify.set_state(f"zeros_{i}", z + 1.0)
+    four = purify.get_state("four", (4,), jnp.float32, init=lambda s, d, v=4.0: jnp.full(s, v, d))
+    return out + four
+
+  t = purify.transform_with_state(stateful)
+  params, state = t.init(jax.random.key(0), X)
+  for i in range(4):
+    for name, want in (("zeros", 0.0), ("ones", 1.0), ("three", 3.0), ("mark", 7.0)):
+      np.testing.assert_array_equal(np.asarray(state["~"][f"{name}_{i}"]), np.full((4,), want))
+    assert state["~"][f"cnt_{i}"].dtype == jnp.int32 and int(state["~"][f"cnt_{i}"]) == 0
+    assert state["~"][f"wide_{i}"].shape == (2, 4)
+  np.testing.assert_array_equal(np.asarray(state["~"]["four"]), np.full((4,), 4.0))
+  # each value is its own array (the program may output one value several times)
+  leaves = jax.tree_util.tree_leaves(state)
+  assert len({id(a) for a in leaves}) == len(leaves)
+  # and apply reads/writes them independently
+  _, new_state = t.apply(params, state, None, X)
+  np.testing.assert_array_equal(np.asarray(new_state["~"]["zeros_0"]), np.ones(4))
+  np.testing.assert_array_equal(np.asarray(new_state["~"]["zeros_1"]), np.ones(4))
+
+  c, _ = t.init.purified.compiled(jax.random.key(0), (X,), {})
+  outs = _compat_outvars(c.program.init_jaxpr)
+  roles = c.program.init_out_roles
+  by_name = {r[1][1]: v for r, v in zip(roles, outs) if r[0] == "state"}
+  # alike: one value
+  for name in ("zeros", "ones", "three", "cnt", "wide"):
+    assert len({id(by_name[f"{name}_{i}"]) for i in range(4)}) == 1, name
+  # a callable object may keep state of its own: called once a state, never shared
+  assert len({id(by_name[f"mark_{i}"]) for i in range(4)}) == 4
+  # different shape, dtype or value: not shared
+  assert by_name["zeros_0"] is not by_name["wide_0"]
+  assert by_name["zeros_0"] is not by_name["cnt_0"]
+  assert by_name["three_0"] is not by_name["four"]
+  assert by_name["zeros_0"] is not by_name["ones_0"]
+
+
+def _compat_outvars(cj):
+  from purify import _compat
+  return list(_compat.open_of(cj).outvars)

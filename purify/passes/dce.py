@@ -53,33 +53,42 @@ def dce_closed(cj):
     return cj
   Literal = _compat.Literal
   live = {v for v in j.outvars if not isinstance(v, Literal)}
+  add = live.add
   rule_of = _compat.dce_rule
   kept, changed = [], False
   for e in reversed(j.eqns):
+    # (plain loops: this runs once an equation, comprehensions cost more here)
     outs = e.outvars
-    used = [v in live for v in outs]
-    if all(used) and e.primitive not in _LOOPS:
-      new = e
-    elif not any(used) and not _compat.blocks_dce(e) and rule_of(e.primitive) is None:
-      changed = True
+    n_used = 0
+    for v in outs:
+      if v in live:
+        n_used += 1
+    if n_used and n_used == len(outs) and e.primitive not in _LOOPS:
+      for v in e.invars:
+        if not isinstance(v, Literal):
+          add(v)
+      kept.append(e)
       continue
+    used = [v in live for v in outs]
+    rule = rule_of(e.primitive)
+    if rule is None:
+      if not n_used and not _compat.blocks_dce(e):
+        changed = True                        # dead
+        continue
+      new = e                                 # some results used (or effects): keep
     else:
-      rule = rule_of(e.primitive)
-      if rule is None:                        # default rule, some results used: keep
-        new = e
+      used_ins, new = rule(used, e)
+      if new is None:
+        changed = True
+        continue
+      if new is e or _same_shape(new, e):
+        new = e                     # the rule removed nothing (rebuilt or not): keep it
       else:
-        used_ins, new = rule(used, e)
-        if new is None:
-          changed = True
-          continue
-        if new is e or _same_shape(new, e):
-          new = e                   # the rule removed nothing (rebuilt or not): keep it
-        else:
-          changed = True
-          # ``used_ins`` is of the equation's inputs before the rule dropped some
-          live.update(v for v, u in zip(e.invars, used_ins) if u and not isinstance(v, Literal))
-          kept.append(new)
-          continue
+        changed = True
+        # ``used_ins`` is of the equation's inputs before the rule dropped some
+        live.update(v for v, u in zip(e.invars, used_ins) if u and not isinstance(v, Literal))
+        kept.append(new)
+        continue
     live.update(v for v in new.invars if not isinstance(v, Literal))
     kept.append(new)
   if not changed:

@@ -31,7 +31,7 @@ from purify.passes.base import Pass
 _SCALARS = (int, float, bool, str, bytes, type(None), complex, np.dtype, np.generic)
 
 
-class _Unique(Exception):
+class Unique(Exception):
   pass
 
 
@@ -46,13 +46,13 @@ def _value_key(v, depth):
     return ("dict",) + tuple(sorted((repr(k), _value_key(x, depth)) for k, x in v.items()))
   if callable(v):
     return initializer_key(v, depth + 1)
-  raise _Unique
+  raise Unique
 
 
 def initializer_key(fn, depth=0):
-  """A hashable description of what ``fn`` computes; raises _Unique when unknown."""
+  """A hashable description of what ``fn`` computes; raises Unique when unknown."""
   if depth > 8:
-    raise _Unique
+    raise Unique
   if isinstance(fn, functools.partial):
     return ("partial", initializer_key(fn.func, depth + 1),
             tuple(_value_key(a, depth) for a in fn.args),
@@ -65,14 +65,22 @@ def initializer_key(fn, depth=0):
     return ("fn", fn.__code__, id(fn.__globals__), cells, defaults, kwdefaults)
   if isinstance(fn, (types.BuiltinFunctionType, np.ufunc)):
     return ("builtin", fn)
-  raise _Unique
+  raise Unique
 
 
-def _group_key(site):
-  try:
-    init = initializer_key(site.init)
-  except _Unique:
-    init = ("object", id(site.init))
+def _group_key(site, memo):
+  """``memo``: initializer keys by the initializer's identity, for this run (many
+  sites share one initializer object: its key is worked out once)."""
+  fn = site.init
+  hit = memo.get(id(fn))
+  if hit is not None and hit[0] is fn:
+    init = hit[1]
+  else:
+    try:
+      init = initializer_key(fn)
+    except Unique:
+      init = ("object", id(fn))
+    memo[id(fn)] = (fn, init)
   return (tuple(site.shape), str(site.dtype), tuple(site.stack), init)
 
 
@@ -87,11 +95,12 @@ class GroupInit(Pass):
     if not self.enabled:
       return program.replace(init_groups=tuple((k,) for k in program.params))
     groups: dict = {}
+    memo: dict = {}
     for k, site in program.params.items():
       if site.key_name is not None:          # lifted params: their own init, one key
         groups[("lifted", k)] = [k]
         continue
-      groups.setdefault(_group_key(site), []).append(k)
+      groups.setdefault(_group_key(site, memo), []).append(k)
     return program.replace(init_groups=tuple(tuple(g) for g in groups.values()))
 
   def postcondition(self, program):

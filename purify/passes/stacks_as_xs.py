@@ -107,14 +107,22 @@ def _rewrite_scan(eqn, producers):
   return eqn.replace(invars=invars, params=params)
 
 
-def rewrite(jaxpr):
-  """``jaxpr`` with every matching scan (at any depth) rewritten."""
+def rewrite(jaxpr, memo=None):
+  """``jaxpr`` with every matching scan (at any depth) rewritten. ``memo``: sub-jaxprs
+  already rewritten, by identity (JAX shares one traced jaxpr among the calls of a
+  jitted function with the same shapes: 1000 dropout layers, one ``_uniform`` body)."""
+  if memo is None:
+    memo = {}
+  hit = memo.get(id(jaxpr))
+  if hit is not None and hit[0] is jaxpr:
+    return hit[1]
   j = _compat.open_of(jaxpr)
   producers = {}                   # of iotas only: all _rewrite_scan asks about
   eqns, changed = [], False
   scan_p = _compat.scan_p
+  sub = lambda x: rewrite(x, memo)  # noqa: E731
   for e in j.eqns:
-    e2 = map_sub_jaxprs(e, rewrite) if e.params else e
+    e2 = map_sub_jaxprs(e, sub) if e.params else e
     if e2.primitive is scan_p:
       e2 = _rewrite_scan(e2, producers)
     elif e2.primitive.name == "iota":
@@ -122,7 +130,9 @@ def rewrite(jaxpr):
     if e2 is not e:
       changed = True
     eqns.append(e2)
-  return _compat.replace_jaxpr(jaxpr, eqns=eqns) if changed else jaxpr
+  out = _compat.replace_jaxpr(jaxpr, eqns=eqns) if changed else jaxpr
+  memo[id(jaxpr)] = (jaxpr, out)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
