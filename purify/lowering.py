@@ -100,10 +100,13 @@ def staged_plan(closed_jaxpr):
   j = _compat.open_of(closed_jaxpr)
   eqn_of = {id(v): e for e in j.eqns for v in e.outvars}
   first_outs, slot, outs = [], {}, []
-  for v in j.outvars:
+  for n, v in enumerate(j.outvars):
     r = _row_of(eqn_of, v)
     base, i = r if r is not None else (v, None)
-    key = id(base) if isinstance(base, _compat.Var) else ("literal", len(first_outs))
+    # a stacked value is output once for all its rows; a value output whole several
+    # times (split_init shares alike initial states) stays one output each: the
+    # program then returns distinct buffers (a donated state must not alias another)
+    key = id(base) if r is not None else ("whole", n)
     if key not in slot:
       slot[key] = len(first_outs)
       first_outs.append(base)

@@ -179,3 +179,26 @@ def test_states_with_alike_initializers_share_one_initial_value():
 def _compat_outvars(cj):
   from purify import _compat
   return list(_compat.open_of(cj).outvars)
+
+
+def test_shared_initial_states_are_distinct_buffers_in_a_staged_init():
+  """With parameters in groups (rows taken apart on the host) and a fused hash, the
+  eager init runs a staged plan; alike states share one value in the program but
+  must come back as distinct arrays: donating one must not delete another."""
+  def bn_like(x):
+    for i in range(3):
+      x = purify.nn.Linear(4, name=f"lin_{i}")(x)
+      m = purify.get_state(f"mean_{i}", (4,), jnp.float32, init=jnp.zeros)
+      purify.set_state(f"mean_{i}", 0.9 * m + 0.1 * x.mean(0))
+    return x
+
+  t = purify.transform_with_state(bn_like)
+  params, state = t.init(jax.random.key(0), X)
+  c, _ = t.init.purified.compiled(jax.random.key(0), (X,), {})
+  assert c.init_exec.plan is not None          # the staged path (rows / hash) ran
+  leaves = [state["~"][f"mean_{i}"] for i in range(3)]
+  assert len({a.unsafe_buffer_pointer() for a in leaves}) == 3
+  step = jax.jit(lambda p, s: t.apply(p, s, None, X)[1], donate_argnums=1)
+  new = step(params, state)
+  np.testing.assert_allclose(np.asarray(new["~"]["mean_2"]), 0.1 * np.asarray(
+      t.apply(params, t.init(jax.random.key(0), X)[1], None, X)[0].mean(0)), rtol=1e-6)

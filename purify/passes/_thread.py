@@ -64,9 +64,33 @@ def bound(fn, *args):
   return functools.partial(fn, *args)
 
 
+@functools.lru_cache(maxsize=None)
+def _scalar_aval(dtype):
+  return _compat.ShapedArray((), dtype)
+
+
 def literal(value, dtype):
-  v = np.asarray(value, dtype=dtype)
-  return _compat.Literal(v[()], _compat.ShapedArray((), np.dtype(dtype)))
+  dtype = np.dtype(dtype)
+  return _compat.Literal(dtype.type(value), _scalar_aval(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(helper):
+  """How to replay ``helper``'s equations (``Rewriter.inline``), worked out once a
+  helper: for each equation, where each operand comes from (``("in", k)``, a
+  literal, or ``("t", m)`` the m-th value made so far) and its results' avals; and
+  where each result of the helper comes from."""
+  j = _compat.open_of(helper)
+  where = {v: ("in", k) for k, v in enumerate(j.invars)}
+  steps, made = [], 0
+  for e in j.eqns:
+    srcs = tuple(v if isinstance(v, _compat.Literal) else where[v] for v in e.invars)
+    for v in e.outvars:
+      where[v] = ("t", made)
+      made += 1
+    steps.append((e, srcs, tuple(v.aval for v in e.outvars)))
+  results = tuple(v if isinstance(v, _compat.Literal) else where[v] for v in j.outvars)
+  return tuple(steps), results
 
 
 class Threaded:
@@ -173,26 +197,31 @@ class Rewriter:
     ``into``: Vars to hold the helper's results (a leaf equation's own results,
     so nothing needs renaming), where the helper computes them (else they are
     substituted)."""
-    j = _compat.open_of(helper)
-    env = dict(zip(j.invars, in_atoms))
-    bind = {}
+    steps, results = _plan(helper)
+    bind = {}                       # made-value index -> the Var to hold it
     if into is not None:
-      made = {v for e in j.eqns for v in e.outvars}
-      for hv, v in zip(j.outvars, into):
-        if (not isinstance(hv, _compat.Literal) and hv in made and hv not in bind
-            and hv.aval == v.aval):
-          bind[hv] = v
-    for e in j.eqns:
-      outs = [bind[v] if v in bind else _compat.Var(v.aval) for v in e.outvars]
-      env.update(zip(e.outvars, outs))
-      ins = [v if isinstance(v, _compat.Literal) else env[v] for v in e.invars]
-      kw = {}
-      if source_info is not None:
-        kw["source_info"] = source_info
-      if ctx is not None:
-        kw["ctx"] = ctx
+      for src, v in zip(results, into):
+        if type(src) is tuple and src[0] == "t" and src[1] not in bind:
+          bind[src[1]] = v
+    kw = {}
+    if source_info is not None:
+      kw["source_info"] = source_info
+    if ctx is not None:
+      kw["ctx"] = ctx
+    made = []
+    Var = _compat.Var
+    for e, srcs, avals in steps:
+      ins = [x if type(x) is not tuple else (in_atoms[x[1]] if x[0] == "in" else made[x[1]])
+             for x in srcs]
+      outs = []
+      for aval in avals:
+        b = bind.get(len(made))
+        v = b if b is not None and b.aval == aval else Var(aval)
+        outs.append(v)
+        made.append(v)
       self.eqns.append(e.replace(invars=ins, outvars=outs, **kw))
-    res = [v if isinstance(v, _compat.Literal) else env[v] for v in j.outvars]
+    res = [x if type(x) is not tuple else (in_atoms[x[1]] if x[0] == "in" else made[x[1]])
+           for x in results]
     for v, r in zip(into or (), res):
       if v is not r:
         self.subst[v] = r

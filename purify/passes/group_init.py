@@ -81,7 +81,7 @@ def _group_key(site, memo):
     except Unique:
       init = ("object", id(fn))
     memo[id(fn)] = (fn, init)
-  return (tuple(site.shape), str(site.dtype), tuple(site.stack), init)
+  return (tuple(site.shape), site.dtype, tuple(site.stack), init)   # (str(dtype) is slow)
 
 
 @dataclasses.dataclass(frozen=True)

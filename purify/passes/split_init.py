@@ -190,7 +190,7 @@ def _initial_state(st, root, memo):
     thunk = lambda: call(keys.param_key(root, st.key_name), st.shape, st.dtype)  # noqa: E731
     return _checked(_call_init("state", st, f"init({st.shape}, {st.dtype})", thunk), st)
   try:
-    memo_key = (group_init.initializer_key(init), tuple(st.shape), str(st.dtype))
+    memo_key = (group_init.initializer_key(init), tuple(st.shape), st.dtype)
   except group_init.Unique:
     memo_key = None
   if memo_key is not None and memo_key in memo:
