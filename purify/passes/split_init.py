@@ -33,14 +33,22 @@ from purify.passes import _thread, group_init
 from purify.passes.base import Pass, user_code
 
 
-def init_group(sites, group_keys):
+def init_group(sites, group_keys, members=None):
   """The initial values of parameters that share shape, dtype, stack and
   initializer (group-init pass): ONE initializer call, vmapped over their keys
   (``param_key(root, path)`` each, so the same values as one call per parameter).
-  Of more than one site: the stacked values, one row a parameter (see ``_rows``)."""
+  Of more than one site: the stacked values, one row a parameter (see ``_rows``).
+  ``members``: the stacked sites' member keys, already derived (one a group key)."""
+  one = lambda x: None if x is None else jax.lax.squeeze(x, (0,))  # noqa: E731
   if len(sites) == 1:
-    return init_param(sites[0], None, key=jax.lax.squeeze(group_keys, (0,)))
-  return init_param(sites[0], None, key=group_keys, batch=len(sites))
+    return init_param(sites[0], None, key=one(group_keys), members=one(members))
+  return init_param(sites[0], None, key=group_keys, batch=len(sites), members=members)
+
+
+def member_keys_of(keys_, stack):
+  """The member keys of stacked parameters (``keys.fold_batch`` of each key), for a
+  batch of keys in one vectorized derivation."""
+  return jax.vmap(lambda k: keys.fold_batch(k, tuple(stack)))(keys_)
 
 
 def _index_row(x):
@@ -79,10 +87,11 @@ def param_keys_fn(root, sites):
   return keys.derive_many(root, ["param:" + (s.key_name or s.path) for s in sites])
 
 
-def init_param(site, root, key=None, batch=None):
+def init_param(site, root, key=None, batch=None, members=None):
   """The initial value of one parameter, checked against its declaration (with
-  ``key``/``batch``: of ``batch`` parameters like it, one key each)."""
-  if key is None:
+  ``key``/``batch``: of ``batch`` parameters like it, one key each; ``members``: a
+  stacked parameter's member keys, already derived from ``key``)."""
+  if key is None and members is None:
     key = keys.param_key(root, site.key_name or site.path)
   base_shape = tuple(site.shape[len(site.stack):])
   def fn(k):
@@ -95,7 +104,7 @@ def init_param(site, root, key=None, batch=None):
     fn, member_keys = jax.vmap(fn), jax.vmap(member_keys)
   try:
     value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
-                       lambda: fn(member_keys(key)))
+                       lambda: fn(member_keys(key) if members is None else members))
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
@@ -220,18 +229,39 @@ class SplitInit(Pass):
 
     groups = program.init_groups or tuple((k,) for k in param_keys)
 
-    ordered = [k for g in groups for k in g]      # each group a contiguous slice of keys
+    # the keys in one derivation, each group a contiguous slice; the stacked groups
+    # last, those of one stack together: their member keys are then derived at once
+    # (a vectorized fold a stack, not one a group). A key is its name's: the order
+    # changes no value.
+    stack_of = [tuple(program.params[g[0]].stack) for g in groups]
+    key_order = sorted(range(len(groups)), key=lambda gi: (len(stack_of[gi]) > 0, stack_of[gi]))
+    ordered = [k for gi in key_order for k in groups[gi]]
+    start, pos = {}, 0
+    for gi in key_order:
+      start[gi] = pos
+      pos += len(groups[gi])
+    by_stack: dict = {}                            # stack -> [key slice start, stop)
+    for gi in key_order:
+      if stack_of[gi]:
+        a, b = by_stack.get(stack_of[gi], (start[gi], start[gi]))
+        by_stack[stack_of[gi]] = (a, start[gi] + len(groups[gi]))
 
     def init_fn(root, *args):
       # one output a group (its stacked values when it has several parameters),
       # then one a state; the rows are taken apart below
       outs = []
       all_keys = param_keys_of(root, [program.params[k] for k in ordered]) if ordered else None
-      start = 0
-      for g in groups:
-        gk = jax.lax.slice_in_dim(all_keys, start, start + len(g))
-        start += len(g)
-        outs.append(init_group([program.params[k] for k in g], gk))
+      members = {s: (a, member_keys_of(jax.lax.slice_in_dim(all_keys, a, b), s))
+                 for s, (a, b) in by_stack.items()}
+      for gi, g in enumerate(groups):
+        a, n = start[gi], len(g)
+        gk = mk = None
+        if stack_of[gi]:
+          base, m = members[stack_of[gi]]
+          mk = jax.lax.slice_in_dim(m, a - base, a - base + n)
+        else:
+          gk = jax.lax.slice_in_dim(all_keys, a, a + n)
+        outs.append(init_group([program.params[k] for k in g], gk, mk))
       memo = {}
       for k in state_keys:
         outs.append(_initial_state(program.states[k], root, memo))
