@@ -40,6 +40,7 @@ from purify import _compat
 from purify.passes.dce import dce_closed
 from purify.passes import fuse_random_bits
 from purify.passes.fuse_random_bits import HASH_CALL
+from purify.passes.split_init import ROWS_CALL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,23 +56,15 @@ class _Staged:
 
 
 def _row_of(eqn_of, v):
-  """``(G, i)`` when ``v = squeeze(slice(G, [i, i+1) on axis 0))``, else None."""
+  """``(G, i)`` when ``v`` is result ``i`` of split_init's rows call on ``G`` (row
+  ``i`` of the stacked values of a group), else None."""
   if not isinstance(v, _compat.Var):
     return None
-  sq = eqn_of.get(id(v))
-  if sq is None or sq.primitive is not lax.squeeze_p or tuple(sq.params["dimensions"]) != (0,):
+  e = eqn_of.get(id(v))
+  if (e is None or e.primitive is not _compat.jit_p or e.params.get("name") != ROWS_CALL
+      or jax.dtypes.issubdtype(e.invars[0].aval.dtype, jax.dtypes.extended)):
     return None
-  sl = eqn_of.get(id(sq.invars[0]))
-  if sl is None or sl.primitive is not lax.slice_p:
-    return None
-  g = sl.invars[0]
-  start, limit, strides = sl.params["start_indices"], sl.params["limit_indices"], sl.params["strides"]
-  shape = tuple(g.aval.shape)
-  if (strides not in (None, (1,) * len(shape)) or limit[0] != start[0] + 1
-      or any(s != 0 for s in start[1:]) or tuple(limit[1:]) != shape[1:]
-      or jax.dtypes.issubdtype(g.aval.dtype, jax.dtypes.extended)):
-    return None
-  return g, int(start[0])
+  return e.invars[0], e.outvars.index(v)
 
 
 def _split_hashes(closed_jaxpr):

@@ -48,13 +48,16 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
   j = plan.first.jaxpr
   stacked = [j.outvars[k].aval.shape for k, i in plan.outs if i == 0]
   assert sorted(stacked) == [(3, 4), (3, 4, 4)]
-  # the first program returns each stacked value once: no slice is left for them
+  # the first program returns each stacked value once: no rows call is left for them
+  from purify.passes.split_init import ROWS_CALL
   outs = {id(v) for v in j.outvars}
   assert len(j.outvars) == 3
-  assert not [e for e in j.eqns if e.primitive.name == "slice" and id(e.invars[0]) in outs]
+  assert not [e for e in j.eqns if e.params.get("name") == ROWS_CALL]
+  # the whole program takes each stacked value apart in ONE call of its rows
   whole = ex.jaxpr.jaxpr
-  assert len(whole.outvars) == 7 and [e for e in whole.eqns if e.primitive.name == "slice"
-                                      and any(id(v) in outs for v in e.invars)]
+  calls = [e for e in whole.eqns if e.params.get("name") == ROWS_CALL]
+  assert len(whole.outvars) == 7 and len(calls) == 2
+  assert sorted(len(e.outvars) for e in calls) == [3, 3]
 
 
 def test_the_fused_hash_is_a_program_of_its_own():

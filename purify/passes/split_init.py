@@ -55,30 +55,48 @@ def _index_row(x):
   return jax.lax.index_in_dim(x, 0, keepdims=False)
 
 
+@jax.jit
+def _two(x):
+  return x + 0, x * 1
+
+
 _ROW_AVAL = _compat.ShapedArray((2, 1), np.dtype(np.float32))
+
+#: The name of the call that takes a group's stacked values apart into its rows
+#: (``lowering`` reads it: an eager init returns the stacked value and splits it).
+ROWS_CALL = "purify_rows"
 
 
 def _rows(stacked, n):
-  """``(equations, values)``: row i of ``stacked`` (``squeeze(slice(stacked, [i,
-  i+1)))``, what ``lax.index_in_dim`` stages and ``lowering._row_of`` reads) for
-  each of its ``n`` rows. Written from the two equations of one traced row, with
-  each row's bounds: tracing ``index_in_dim`` per row was ~90% of this pass (2000
-  parameters: 0.8 s)."""
+  """``(equation, values)``: ONE call (``jit``, named ``ROWS_CALL``) whose result
+  ``i`` is row ``i`` of ``stacked`` (``squeeze(slice(stacked, [i, i+1)))``, what
+  ``lax.index_in_dim`` stages) for each of its ``n`` rows. Written from the
+  equations of one traced row and one traced call, with each row's bounds: tracing
+  ``index_in_dim`` per row was ~90% of this pass (2000 parameters: 0.8 s), and one
+  call a group instead of two equations a row keeps init's top level small for the
+  passes after this one."""
   sl, sq = _compat.open_of(_thread.helper_jaxpr(_index_row, _ROW_AVAL)).eqns
+  call = _compat.open_of(_thread.helper_jaxpr(_two, _ROW_AVAL)).eqns[0]
   aval = stacked.aval
   rest = tuple(aval.shape[1:])
   piece_aval, row_aval = aval.update(shape=(1,) + rest), aval.update(shape=rest)
   zeros = (0,) * len(rest)
   strides = None if sl.params.get("strides") is None else (1,) * len(aval.shape)
-  eqns, rows = [], []
+  x = _compat.Var(aval)
+  eqns, inner = [], []
   for i in range(n):
     piece, row = _compat.Var(piece_aval), _compat.Var(row_aval)
-    eqns.append(sl.replace(invars=[stacked], outvars=[piece],
+    eqns.append(sl.replace(invars=[x], outvars=[piece],
                            params=dict(sl.params, start_indices=(i,) + zeros,
                                        limit_indices=(i + 1,) + rest, strides=strides)))
     eqns.append(sq.replace(invars=[piece], outvars=[row]))
-    rows.append(row)
-  return eqns, rows
+    inner.append(row)
+  body = _compat.replace_jaxpr(call.params["jaxpr"], invars=[x], outvars=inner, eqns=eqns)
+  rows = [_compat.Var(row_aval) for _ in range(n)]
+  p = call.params
+  params = dict(p, jaxpr=body, name=ROWS_CALL,
+                out_shardings=(p["out_shardings"][0],) * n, out_layouts=(None,) * n)
+  return call.replace(invars=[stacked], outvars=rows, params=params), rows
 
 
 def param_keys_fn(root, sites):
@@ -148,8 +166,8 @@ def _with_rows(init_cj, groups, param_keys, n_states):
     if len(g) == 1:
       value[g[0]] = v
     else:
-      es, rows = _rows(v, len(g))
-      eqns += es
+      e, rows = _rows(v, len(g))
+      eqns.append(e)
       value.update(zip(g, rows))
   outvars = [value[k] for k in param_keys] + list(j.outvars[len(groups):])
   assert len(outvars) == len(param_keys) + n_states
