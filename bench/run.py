@@ -28,8 +28,9 @@ from bench import common, harness, report  # noqa: E402
 
 # (cold repeats, steady repeats, calls per steady repeat) per model and mode
 REPEATS = {
-    "full": {"mlp": (3, 9, 5), "resnet50": (3, 3, 1), "transformer": (3, 5, 1),
-             "transformer_scan": (3, 5, 1), "layernorm": (3, 1)},
+    # steady repeats raised in session 6 (3-9 gave CIs too wide for the strict rule)
+    "full": {"mlp": (3, 15, 5), "resnet50": (3, 7, 1), "transformer": (3, 9, 1),
+             "transformer_scan": (3, 9, 1), "layernorm": (3, 1)},
     "quick": {"mlp": (1, 3, 3), "resnet50": (1, 2, 1), "transformer": (1, 3, 2),
               "transformer_scan": (1, 3, 2), "layernorm": (3, 2)},
     "smoke": {"mlp": (1, 1, 1), "resnet50": (1, 1, 1), "transformer": (1, 1, 1),

@@ -254,9 +254,14 @@ def test_verify_pure_checked_mode_finds_a_hidden_effect_primitive():
   with pytest.raises(errors.PipelineError, match="param"):
     verify_pure.verify(hidden, check=True)
   # the unchecked mode looks at effect sets only; the primitive still cannot run:
-  # its lowering rule raises purify's error
+  # its lowering rule raises purify's error (with JAX's checks on, JAX's own
+  # check_jaxpr refuses it even earlier: the effects do not match)
   verify_pure.verify(hidden, check=False)
   j = hidden.jaxpr
   args = [jnp.ones(v.aval.shape, v.aval.dtype) for v in _compat.open_of(j).invars]
-  with pytest.raises(errors.EffectLoweringError, match="reached XLA lowering"):
-    jax.jit(jcore.jaxpr_as_fun(j)).lower(*args)
+  with jax.enable_checks(False):
+    with pytest.raises(errors.EffectLoweringError, match="reached XLA lowering"):
+      jax.jit(jcore.jaxpr_as_fun(j)).lower(*args)
+  with jax.enable_checks(True):
+    with pytest.raises((errors.EffectLoweringError, jax.errors.JaxprTypeError)):
+      jax.jit(jcore.jaxpr_as_fun(j)).lower(*args)
