@@ -69,7 +69,6 @@ def dce_closed(cj):
           add(v)
       kept.append(e)
       continue
-    used = [v in live for v in outs]
     rule = rule_of(e.primitive)
     if rule is None:
       if not n_used and not _compat.blocks_dce(e):
@@ -77,7 +76,7 @@ def dce_closed(cj):
         continue
       new = e                                 # some results used (or effects): keep
     else:
-      used_ins, new = rule(used, e)
+      used_ins, new = rule([v in live for v in outs], e)
       if new is None:
         changed = True
         continue

@@ -1,7 +1,8 @@
 """Pass: verify the programs are pure — no purify effect in any program's effect set;
-in checked mode (``PURIFY_VERIFY=1``, ``JAX_ENABLE_CHECKS=1``, the pipeline's verify
-mode) also no purify effect primitive or effect on any equation, nested ones too, and
-``check_jaxpr`` passes. A failure here is a purify bug and names the equation.
+in checked mode (``PURIFY_VERIFY=1`` or ``JAX_ENABLE_CHECKS=1``) also no purify effect
+primitive or effect on any equation, nested ones too, and ``check_jaxpr`` passes (the
+pipeline's verify mode checks every pass's program with ``check_jaxpr`` and its
+postcondition instead: base.verify_program). A failure here is a purify bug and names the equation.
 
 The unchecked mode looks at effect sets only (O(1) a program): a walk of every
 equation cost about as much as a threading pass. An effect primitive left behind
