@@ -75,16 +75,34 @@ def _conv_init(k, ksize, cin, cout):
   return _tn(k(), (ksize, ksize, cin, cout), ksize * ksize * cin)
 
 
+def _ema_init(ch):
+  return {"counter": jnp.zeros((), jnp.int32), "hidden": jnp.zeros((1, 1, 1, ch)),
+          "average": jnp.zeros((1, 1, 1, ch))}
+
+
 def _bn_init(ch):
+  """BatchNorm's parameters and state. The moving averages are Haiku's
+  ExponentialMovingAverage (``counter``, the biased ``hidden``, the zero-debiased
+  ``average``): the model purify.nn and Haiku run. Init starts them at zero without a
+  forward pass — cheaper than purify's and Haiku's init, whose state is the averages
+  after the first batch (their init runs the forward)."""
   return ({"scale": jnp.ones((1, 1, 1, ch)), "offset": jnp.zeros((1, 1, 1, ch))},
-          {"mean": jnp.zeros((1, 1, 1, ch)), "var": jnp.zeros((1, 1, 1, ch))})
+          {"mean_ema": _ema_init(ch), "var_ema": _ema_init(ch)})
+
+
+def _ema(s, value, decay=0.9):
+  one, decay = np.float32(1.0), np.float32(decay)
+  counter = s["counter"] + 1
+  hidden = s["hidden"] * decay + value * (one - decay)
+  average = hidden / (one - jnp.power(decay, counter))
+  return {"counter": counter, "hidden": hidden, "average": average}
 
 
 def _bn(p, s, x):
   mean = jnp.mean(x, (0, 1, 2), keepdims=True)
   var = jnp.mean(jnp.square(x), (0, 1, 2), keepdims=True) - jnp.square(mean)
-  new = {"mean": 0.9 * s["mean"] + 0.1 * mean, "var": 0.9 * s["var"] + 0.1 * var}
-  return p["scale"] * jax.lax.rsqrt(var + 1e-5) * (x - mean) + p["offset"], new
+  new = {"mean_ema": _ema(s["mean_ema"], mean), "var_ema": _ema(s["var_ema"], var)}
+  return (x - mean) * (p["scale"] * jax.lax.rsqrt(var + 1e-5)) + p["offset"], new
 
 
 def resnet50(c, counter):

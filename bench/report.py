@@ -381,7 +381,13 @@ def write(out, res, pipe, env, fws, models, mode, plots=True, partial=False):
            "- steady state: medians of per-call times; ×jax is the median of ratios paired per "
            "repeat, with a bootstrap 95% CI. ResNet-50 runs in training mode (batch "
            "statistics, moving averages returned as state) for forward and train step; "
-           "Equinox's convolutions are channels-first (its layout), the others NHWC.",
+           "Equinox's convolutions are channels-first (its layout), the others NHWC. "
+           "BatchNorm's moving averages: purify, Haiku and hand-written JAX keep Haiku's "
+           "zero-debiased ones (counter, hidden, average: the same forward program, "
+           "tests/test_bench_smoke.py); purify's and Haiku's init return them after the "
+           "first batch (init runs the forward), the hand-written init starts them at zero "
+           "(no forward: the cheaper init, which purify's is measured against); Flax keeps "
+           "plain averages (mean, var), Equinox its `mode=\"ema\"` state.",
            "- every Transformer row uses exact-variance LayerNorm (`jnp.var`), Flax's set "
            "with `use_fast_variance=False`; the LayerNorm section measures both.",
            ""]

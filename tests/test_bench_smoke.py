@@ -59,3 +59,60 @@ def test_bench_smoke(tmp_path):
   assert res.hlo[("purify", "mlp")]["fwd"] == res.hlo[("jax", "mlp")]["fwd"]
   assert res.hlo[("purify", "mlp")]["train"] == res.hlo[("jax", "mlp")]["train"]
   assert "## Targets (issue 5)" in md
+
+
+def _resnet_jax_variables(params, state, c):
+  """purify's ResNet-50 variables (Haiku's names) as hand-written JAX's trees."""
+  def bn(name):
+    return ({"scale": params[name]["scale"], "offset": params[name]["offset"]},
+            {"mean_ema": state[name + "/~/mean_ema"], "var_ema": state[name + "/~/var_ema"]})
+  p = {"stem": params["initial_conv"]["w"], "logits": dict(params["logits"])}
+  p["stem_bn"], s = bn("initial_batchnorm")
+  s = {"stem_bn": s}
+  blocks_p, blocks_s = [], []
+  for g, n in enumerate(c["blocks"]):
+    for b in range(n):
+      pre, bp, bs = f"block_{g}_{b}/", {}, {}
+      names = [("c0", "conv_0"), ("c1", "conv_1"), ("c2", "conv_2")]
+      bns = [("bn0", "batchnorm_0"), ("bn1", "batchnorm_1"), ("bn2", "batchnorm_2")]
+      if b == 0:
+        names.append(("proj", "shortcut_conv"))
+        bns.append(("proj_bn", "shortcut_batchnorm"))
+      for ours, theirs in names:
+        bp[ours] = params[pre + theirs]["w"]
+      for ours, theirs in bns:
+        bp[ours], bs[ours] = bn(pre + theirs)
+      blocks_p.append(bp)
+      blocks_s.append(bs)
+  p["blocks"], s["blocks"] = blocks_p, blocks_s
+  return p, s
+
+
+def test_resnet_is_the_same_model_in_purify_and_hand_written_jax():
+  """The steady-state and HLO lines compare purify's ResNet-50 with hand-written JAX's:
+  the same model (Haiku's BatchNorm with its zero-debiased moving averages) on the same
+  variables gives the same outputs and state, by the same optimized program size."""
+  import jax
+  import numpy as np
+  from bench import fw_haiku_style, fw_jax, harness
+
+  cfg = common.CONFIGS["smoke"]
+  c = common.model_cfg("resnet50", cfg)
+  x, _ = common.inputs("resnet50", cfg)
+  ours, ref = fw_haiku_style.build_purify("resnet50", cfg), fw_jax.build("resnet50", cfg)
+  params, state = ours.split(jax.jit(ours.init)(jax.random.PRNGKey(0), x))
+  v_ref = _resnet_jax_variables(params, state, c)
+  # the hand-written init's tree has the same structure, shapes and dtypes
+  want = jax.eval_shape(ref.init, jax.random.PRNGKey(0), x)
+  assert (jax.tree_util.tree_structure(want) == jax.tree_util.tree_structure(v_ref))
+  assert ([(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(want)]
+          == [(np.shape(a), a.dtype) for a in jax.tree_util.tree_leaves(v_ref)])
+  out, new_state = jax.jit(ours.fwd)(ours.merge(params, state), x)
+  out_ref, new_ref = jax.jit(ref.fwd)(v_ref, x)
+  np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(_resnet_jax_variables(params, new_state, c)[1]),
+                  jax.tree_util.tree_leaves(new_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  ops = [harness.hlo_ops(jax.jit(impl.fwd).lower(v, x).compile())
+         for impl, v in ((ours, ours.merge(params, state)), (ref, v_ref))]
+  assert ops[0] == ops[1], ops
