@@ -22,7 +22,9 @@ kernel; on CPU a kernel costs ~15-20 ms of compile, an initializer tail far more
 So an eager init runs the program without the row slices (each stacked ``G``
 returned once), then takes the rows apart — on CPU by copying each row on the host
 (a memcpy, no compile), elsewhere by one jitted dynamic-index program per stacked
-shape — then runs the forward on the rows. The fused threefry hash of init's draws
+shape — then runs the forward on the rows. Constant outputs (the zeros and ones of biases,
+norm scales, counters: literals broadcast) are copied by the host into new buffers,
+not compiled (on CPU each would be a kernel). The fused threefry hash of init's draws
 (fuse-random-bits) is a program of its own that runs first: XLA CPU would repeat
 it in every kernel that reads its bits. The parameters are bitwise what the one
 program computes.
@@ -49,7 +51,7 @@ class _Staged:
   hashes' outputs; ``first`` (the program without its row slices, taking the hashes'
   outputs after its own inputs when ``hashes`` is set) returns each stacked value
   once; ``outs[j]`` is ``(k, i)``: row ``i`` of ``first``'s output ``k`` (``i`` None:
-  the whole output)."""
+  the whole output), or ``(None, value)``: a constant (numpy) the host copies."""
   first: object
   outs: tuple
   hashes: object = None
@@ -65,6 +67,36 @@ def _row_of(eqn_of, v):
       or jax.dtypes.issubdtype(e.invars[0].aval.dtype, jax.dtypes.extended)):
     return None
   return e.invars[0], e.outvars.index(v)
+
+
+def _constant_of(eqn_of, known, v, depth=0):
+  """The value of ``v`` as a numpy array (a read-only broadcast view) when it is a
+  constant: a literal, a known constant (``known``: id -> value), or a broadcast or
+  reshape of one; else None."""
+  if isinstance(v, _compat.Literal):
+    if v.aval.dtype != np.asarray(v.val).dtype and not np.can_cast(
+        np.asarray(v.val).dtype, v.aval.dtype, casting="same_kind"):
+      return None
+    return np.asarray(v.val, v.aval.dtype)
+  if id(v) in known:
+    return known[id(v)]
+  e = eqn_of.get(id(v))
+  if (e is None or depth > 8 or len(e.invars) != 1
+      or jax.dtypes.issubdtype(v.aval.dtype, jax.dtypes.extended)):
+    return None
+  name = e.primitive.name
+  if name not in ("broadcast_in_dim", "reshape"):
+    return None
+  x = _constant_of(eqn_of, known, e.invars[0], depth + 1)
+  if x is None or x.dtype != v.aval.dtype:
+    return None
+  shape = tuple(v.aval.shape)
+  if name == "reshape":
+    return None if e.params.get("dimensions") is not None else np.reshape(x, shape)
+  lead = [1] * len(shape)
+  for i, d in enumerate(e.params["broadcast_dimensions"]):
+    lead[d] = x.shape[i]
+  return np.broadcast_to(np.reshape(x, lead), shape)
 
 
 def _split_hashes(closed_jaxpr):
@@ -93,13 +125,26 @@ def staged_plan(closed_jaxpr):
   j = _compat.open_of(closed_jaxpr)
   eqn_of = {id(v): e for e in j.eqns for v in e.outvars}
   first_outs, slot, outs = [], {}, []
-  for n, v in enumerate(j.outvars):
+  known = {id(c): np.asarray(x) for c, x in zip(j.constvars, _compat.consts_of(closed_jaxpr))
+           if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, _compat.Tracer)}
+  # each output: (row i of) a stacked value, or a constant: the zeros and ones of
+  # init are filled by the host (on CPU each would be a kernel to compile)
+  bases = []
+  for v in j.outvars:
     r = _row_of(eqn_of, v)
     base, i = r if r is not None else (v, None)
+    c = _constant_of(eqn_of, known, base)
+    bases.append((base, i, c if c is None or i is None else c[i]))
+  if all(c is not None for _, _, c in bases):     # (the host needs an output to place them)
+    bases = [(b, i, None) for b, i, _ in bases]
+  for n, (base, i, c) in enumerate(bases):
+    if c is not None:
+      outs.append((None, c))
+      continue
     # a stacked value is output once for all its rows; a value output whole several
     # times (split_init shares alike initial states) stays one output each: the
     # program then returns distinct buffers (a donated state must not alias another)
-    key = id(base) if r is not None else ("whole", n)
+    key = id(base) if i is not None else ("whole", n)
     if key not in slot:
       slot[key] = len(first_outs)
       first_outs.append(base)
@@ -133,6 +178,15 @@ def _rows(stacked, count):
     target = stacked.sharding if stacked.committed else None
     return [jax.device_put(np.array(host[i]), target) for i in range(count)]
   return [_take_row(stacked, np.int32(i)) for i in range(count)]
+
+
+def _filled(const, like):
+  """A new array of the host value ``const``, placed as the concrete ``like`` (an
+  output of the same program) is."""
+  devices = like.sharding.device_set
+  target = (jax.sharding.SingleDeviceSharding(next(iter(devices)))
+            if like.committed and len(devices) == 1 else None)
+  return jax.device_put(np.array(const), target)
 
 
 class Executable:
@@ -171,10 +225,11 @@ class Executable:
     if self.plan is not None:
       need = {}
       for k, i in self.plan.outs:
-        if i is not None:
+        if k is not None and i is not None:
           need[k] = max(need.get(k, 0), i + 1)
       split = {k: _rows(outs[k], n) for k, n in need.items()}
-      outs = [outs[k] if i is None else split[k][i] for k, i in self.plan.outs]
+      outs = [_filled(i, outs[0]) if k is None else outs[k] if i is None else split[k][i]
+              for k, i in self.plan.outs]
     if self.forward is not None:
       ex = self.forward[0]
       outs = _with_forward(self.forward, flat, outs, lambda args: (

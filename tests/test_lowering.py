@@ -43,15 +43,17 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
   ex = init_exec(t, x, key)
   plan = ex.plan
   assert plan is not None and ex.forward is None            # no set_state: no forward
-  rows = [i for _, i in plan.outs if i is not None]
-  assert sorted(rows) == [0, 0, 1, 1, 2, 2]                # w0..w2 and b0..b2
+  rows = [i for k, i in plan.outs if k is not None]
+  assert sorted(rows) == [0, 1, 2]                          # w0..w2
   j = plan.first.jaxpr
-  stacked = [j.outvars[k].aval.shape for k, i in plan.outs if i == 0]
-  assert sorted(stacked) == [(3, 4), (3, 4, 4)]
+  stacked = [j.outvars[k].aval.shape for k, i in plan.outs if k is not None and i == 0]
+  assert stacked == [(3, 4, 4)]
+  # b0..b2 (zeros, a stacked group) and s (ones) are constants the host fills
+  consts = [c for k, c in plan.outs if k is None]
+  assert [(c.shape, float(c.flat[0])) for c in consts] == [((4,), 0.0)] * 3 + [((), 1.0)]
   # the first program returns each stacked value once: no rows call is left for them
   from purify.passes.split_init import ROWS_CALL
-  outs = {id(v) for v in j.outvars}
-  assert len(j.outvars) == 3
+  assert len(j.outvars) == 1
   assert not [e for e in j.eqns if e.params.get("name") == ROWS_CALL]
   # the whole program takes each stacked value apart in ONE call of its rows
   whole = ex.jaxpr.jaxpr
@@ -167,6 +169,18 @@ def test_rows_are_independent_arrays_that_can_be_donated():
   # the other rows of the same group are untouched
   np.testing.assert_array_equal(params["~"]["w1"], keep["~"]["w1"])
   np.testing.assert_array_equal(params["~"]["w2"], keep["~"]["w2"])
+
+
+def test_constants_are_new_buffers_each_init_and_can_be_donated():
+  t, x = purify.transform(model), jnp.ones((2, 4))
+  a, b = t.init(jax.random.PRNGKey(0), x), t.init(jax.random.PRNGKey(0), x)
+  zeros = [a["~"][f"b{i}"] for i in range(3)] + [b["~"]["b0"]]
+  assert len({z.unsafe_buffer_pointer() for z in zeros}) == 4
+  step = jax.jit(lambda p: p + 1, donate_argnums=0)
+  np.testing.assert_array_equal(step(a["~"]["b0"]), np.ones(4))
+  assert a["~"]["b0"].is_deleted() and not a["~"]["b1"].is_deleted()
+  np.testing.assert_array_equal(b["~"]["b0"], np.zeros(4))
+  assert a["~"]["s"].dtype == jnp.float32 and a["~"]["s"].shape == ()
 
 
 def test_rows_follow_the_key_device_and_commitment():
