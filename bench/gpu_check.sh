@@ -20,7 +20,7 @@ t = purify.transform_with_state(f)
 x, key = jnp.ones((4, 8)), jax.random.PRNGKey(0)
 c, _ = t.init.purified.compiled(key, (x,), {})
 plan = c.init_exec.plan
-assert plan is not None and plan.forward is not None
+assert plan is not None and c.init_exec.forward is not None
 eager = t.init(key, x)
 assert not lowering._on_host(jax.tree_util.tree_leaves(eager)[0])
 traced = jax.jit(t.init)(key, x)
@@ -28,7 +28,7 @@ for a, b in zip(jax.tree_util.tree_leaves(eager[0]), jax.tree_util.tree_leaves(t
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 for a, b in zip(jax.tree_util.tree_leaves(eager[1]), jax.tree_util.tree_leaves(traced[1])):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-print("device init paths: OK", lowering._take_row._cache_size(), "row programs")
+print("device init paths: OK", lowering._device_views.cache_info().currsize, "view programs")
 PY
 timeout 420 python bench/run.py --quick --models mlp,transformer,transformer_scan,resnet50 \
   --frameworks purify,jax --no-pipeline --no-layernorm --no-plots --out "$OUT"

@@ -16,14 +16,15 @@ compiled. Under a trace the two are composed in one jitted function.
 
 An eager init is also staged (``staged=True`` and :func:`staged_plan`). The
 group-init pass creates the parameters that share an initializer as ONE stacked
-array and returns member ``i`` as ``index_in_dim(G, i)``. Inside one XLA program
-every row is a kernel of its own (XLA cannot write several output buffers from one
-kernel; on CPU a kernel costs ~15-20 ms of compile, an initializer tail far more).
-So an eager init runs the program without the row slices (each stacked ``G``
-returned once), then takes the rows apart — on CPU by copying each row on the host
-(a memcpy, no compile), elsewhere by one jitted dynamic-index program per stacked
-shape — then runs the forward on the rows. Constant outputs (the zeros and ones of biases,
-norm scales, counters: literals broadcast) are copied by the host into new buffers,
+array and returns member ``i`` as its row ``i``; fuse-init-tails computes alike
+initializer tails once and each draw is a slice of the result. Inside one XLA
+program every such output is a kernel of its own (XLA cannot write several output
+buffers from one kernel; on CPU a kernel costs ~15-25 ms of compile, an initializer
+tail far more). So an eager init runs the program without these *views* (each
+value they view returned once), then takes them — on CPU by the host copying each
+(a memcpy, no compile), elsewhere by one jitted program per viewed value — then
+runs the forward on them. Constant outputs (the zeros and ones of biases, norm
+scales, counters: literals broadcast) are copied by the host into new buffers,
 not compiled (on CPU each would be a kernel). The fused threefry hash of init's draws
 (fuse-random-bits) is a program of its own that runs first: XLA CPU would repeat
 it in every kernel that reads its bits. The parameters are bitwise what the one
@@ -32,11 +33,11 @@ program computes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import numpy as np
-from jax import lax
 
 from purify import _compat
 from purify.passes.dce import dce_closed
@@ -50,8 +51,9 @@ class _Staged:
   """How an eager init runs: ``hashes`` (or None) computes the fused threefry
   hashes' outputs; ``first`` (the program without its row slices, taking the hashes'
   outputs after its own inputs when ``hashes`` is set) returns each stacked value
-  once; ``outs[j]`` is ``(k, i)``: row ``i`` of ``first``'s output ``k`` (``i`` None:
-  the whole output), or ``(None, value)``: a constant (numpy) the host copies."""
+  once; ``outs[j]`` is ``(k, view)``: ``first``'s output ``k`` seen through ``view``
+  (:func:`_view_of`; ``()``: the whole output), or ``(None, value)``: a constant
+  (numpy) the host copies."""
   first: object
   outs: tuple
   hashes: object = None
@@ -67,6 +69,46 @@ def _row_of(eqn_of, v):
       or jax.dtypes.issubdtype(e.invars[0].aval.dtype, jax.dtypes.extended)):
     return None
   return e.invars[0], e.outvars.index(v)
+
+
+def _view_of(eqn_of, v):
+  """``(base, view)``: ``v`` is ``base`` seen through ``view``, a tuple of
+  ``("slice", a, b)`` (of a 1-D value), ``("reshape", shape)`` and ``("row", i)``
+  (split_init's rows call), applied in order; ``(v, ())`` when it is none of them.
+  Such outputs are taken from ``base`` after the run (on CPU by the host): inside
+  the program each would be a kernel of its own (XLA writes one buffer a kernel)."""
+  view = []
+  while isinstance(v, _compat.Var) and not jax.dtypes.issubdtype(v.aval.dtype, jax.dtypes.extended):
+    r = _row_of(eqn_of, v)
+    if r is not None:
+      view.append(("row", r[1]))
+      v = r[0]
+      continue
+    e = eqn_of.get(id(v))
+    if e is None or len(e.invars) != 1 or not isinstance(e.invars[0], _compat.Var):
+      break
+    x, name = e.invars[0], e.primitive.name
+    if name == "reshape" and e.params.get("dimensions") is None:
+      view.append(("reshape", tuple(v.aval.shape)))
+    elif (name == "slice" and len(x.aval.shape) == 1
+          and e.params.get("strides") in (None, (1,))):
+      view.append(("slice", int(e.params["start_indices"][0]), int(e.params["limit_indices"][0])))
+    else:
+      break
+    v = x
+  return v, tuple(reversed(view))
+
+
+def _seen(x, view):
+  """``x`` (a numpy or JAX array) seen through ``view`` (see :func:`_view_of`)."""
+  for op in view:
+    if op[0] == "slice":
+      x = x[op[1]:op[2]]
+    elif op[0] == "reshape":
+      x = x.reshape(op[1])
+    else:
+      x = x[op[1]]
+  return x
 
 
 def _constant_of(eqn_of, known, v, depth=0):
@@ -127,29 +169,33 @@ def staged_plan(closed_jaxpr):
   first_outs, slot, outs = [], {}, []
   known = {id(c): np.asarray(x) for c, x in zip(j.constvars, _compat.consts_of(closed_jaxpr))
            if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, _compat.Tracer)}
-  # each output: (row i of) a stacked value, or a constant: the zeros and ones of
-  # init are filled by the host (on CPU each would be a kernel to compile)
-  bases = []
-  for v in j.outvars:
-    r = _row_of(eqn_of, v)
-    base, i = r if r is not None else (v, None)
-    c = _constant_of(eqn_of, known, base)
-    bases.append((base, i, c if c is None or i is None else c[i]))
-  if all(c is not None for _, _, c in bases):     # (the host needs an output to place them)
-    bases = [(b, i, None) for b, i, _ in bases]
-  for n, (base, i, c) in enumerate(bases):
+  # each output: a view of a value the program returns once (a row of a group's
+  # stacked values, a part of the tails fuse-init-tails shares), or a constant: the
+  # zeros and ones of init, filled by the host (on CPU each would be a kernel)
+  bases = [_view_of(eqn_of, v) for v in j.outvars]
+  covered: dict = {}
+  for v, (base, view) in zip(j.outvars, bases):
+    if any(op[0] == "slice" for op in view):
+      covered[id(base)] = covered.get(id(base), 0) + math.prod(v.aval.shape)
+  for n, (v, (base, view)) in enumerate(zip(j.outvars, bases)):
+    if id(base) in covered and 2 * covered[id(base)] < math.prod(base.aval.shape):
+      bases[n] = (v, ())               # (a small part of a large value: computed apart)
+  consts = [_constant_of(eqn_of, known, base) for base, _ in bases]
+  if all(c is not None for c in consts):           # (the host needs an output to place them)
+    consts = [None] * len(consts)
+  for n, ((base, view), c) in enumerate(zip(bases, consts)):
     if c is not None:
-      outs.append((None, c))
+      outs.append((None, _seen(c, view)))
       continue
-    # a stacked value is output once for all its rows; a value output whole several
-    # times (split_init shares alike initial states) stays one output each: the
-    # program then returns distinct buffers (a donated state must not alias another)
-    key = id(base) if i is not None else ("whole", n)
+    # a value seen through views is output once for all of them; a value output whole
+    # several times (split_init shares alike initial states) stays one output each:
+    # the program then returns distinct buffers (a donated state must not alias another)
+    key = id(base) if view else ("whole", n)
     if key not in slot:
       slot[key] = len(first_outs)
       first_outs.append(base)
-    outs.append((slot[key], i))
-  rows = any(i is not None for _, i in outs)
+    outs.append((slot[key], view))
+  rows = any(k is None or view for k, view in outs)
   first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, outvars=first_outs)) if rows else closed_jaxpr
   split = _split_hashes(first)
   if split is None and not rows:
@@ -159,25 +205,26 @@ def staged_plan(closed_jaxpr):
   return _Staged(split[1], tuple(outs), split[0])
 
 
-@jax.jit
-def _take_row(stacked, i):
-  return lax.dynamic_index_in_dim(stacked, i, keepdims=False)
-
-
 def _on_host(arr) -> bool:
   """A concrete array on ONE CPU device: its buffer is host memory."""
   devices = arr.sharding.device_set
   return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
-def _rows(stacked, count):
-  """Rows ``0..count-1`` of a concrete stacked array, each its own array on the same
-  device (committed as ``stacked`` is)."""
-  if _on_host(stacked):
-    host = np.asarray(stacked)                   # a zero-copy view of the CPU buffer
-    target = stacked.sharding if stacked.committed else None
-    return [jax.device_put(np.array(host[i]), target) for i in range(count)]
-  return [_take_row(stacked, np.int32(i)) for i in range(count)]
+def _views(arr, views):
+  """The concrete ``arr`` seen through each of ``views``, each its own array on the
+  same device (committed as ``arr`` is): on CPU copied by the host, elsewhere by one
+  jitted program a tuple of views."""
+  if _on_host(arr):
+    host = np.asarray(arr)                       # a zero-copy view of the CPU buffer
+    target = arr.sharding if arr.committed else None
+    return [jax.device_put(np.array(_seen(host, view)), target) for view in views]
+  return _device_views(views)(arr)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_views(views):
+  return jax.jit(lambda x: [_seen(x, view) for view in views])
 
 
 def _filled(const, like):
@@ -223,13 +270,15 @@ class Executable:
     if self._jitted_hashes is not None:
       outs = list(run(self._jitted_first, list(flat) + outs))
     if self.plan is not None:
-      need = {}
-      for k, i in self.plan.outs:
-        if k is not None and i is not None:
-          need[k] = max(need.get(k, 0), i + 1)
-      split = {k: _rows(outs[k], n) for k, n in need.items()}
-      outs = [_filled(i, outs[0]) if k is None else outs[k] if i is None else split[k][i]
-              for k, i in self.plan.outs]
+      seen: dict = {}                          # output k -> [(position, view)]
+      for n, (k, view) in enumerate(self.plan.outs):
+        if k is not None and view:
+          seen.setdefault(k, []).append((n, view))
+      got = {}
+      for k, items in seen.items():
+        got.update(zip((n for n, _ in items), _views(outs[k], tuple(v for _, v in items))))
+      outs = [_filled(view, outs[0]) if k is None else got[n] if view else outs[k]
+              for n, (k, view) in enumerate(self.plan.outs)]
     if self.forward is not None:
       ex = self.forward[0]
       outs = _with_forward(self.forward, flat, outs, lambda args: (

@@ -92,3 +92,18 @@ def no_effect_postcondition(program, effect_types, prims, pass_name):
       if e.primitive in prims or fx.has_effect(e.effects, effect_types):
         raise errors.PipelineError(f"after {pass_name}: equation {e.primitive.name} "
                                    f"still carries {e.effects}")
+
+
+def splice(helper, ins, targets, like):
+  """``helper``'s equations on ``ins``, its outputs bound to ``targets``."""
+  h = _compat.open_of(helper)
+  env = dict(zip(h.invars, ins))
+  out_map = dict(zip(h.outvars, targets))
+  eqns = []
+  for e in h.eqns:
+    outs = [out_map.get(v) or _compat.Var(v.aval) for v in e.outvars]
+    env.update(zip(e.outvars, outs))
+    eqns.append(_compat.with_eqn_ctx(
+        e.replace(invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
+                  outvars=outs), like))
+  return eqns

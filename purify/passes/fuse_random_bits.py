@@ -18,10 +18,10 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    no-op for what is computed), so the draws are top-level equations;
 2. gives each draw a *level*: how many other draws (or loops/conds/calls that
    draw) it depends on; draws inside a loop/cond/custom rule are left alone;
-3. replaces the live threefry draws of one level by ONE ``threefry2x32`` hash on
-   the concatenation of their flat operands (each call's key broadcast to its
-   output shape, its counters broadcast over its key batch), then slices, reshapes
-   and finishes each draw as JAX does — bitwise the same values (a level above
+3. replaces the live threefry draws of one level by ONE ``threefry2x32`` hash over
+   all their elements (each element's key and counter selected from the keys and
+   the segments' starts, see ``_segment_hash``), then slices, reshapes and finishes
+   each draw as JAX does — bitwise the same values (a level above
    ``MAX_FUSED_ELEMENTS`` elements in all is fused in chunks of at most that size,
    which bounds the extra memory). The hash is written out as lax ops (JAX's own
    unrolled form, its GPU lowering): on CPU JAX lowers the primitive as a rolled
@@ -52,7 +52,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes import fuse_init_tails
-from purify.passes._assemble import iter_eqns, jaxprs_in
+from purify.passes._assemble import iter_eqns, jaxprs_in, splice
 from purify.passes.base import Pass
 
 
@@ -69,6 +69,9 @@ def fused_random_bits(specs):
     # a == jax.random.bits(key0, (2, 3)); b[i] == jax.random.bits(keys[i], (5,), uint8)
   """
   def fn(*keys):
+    total = sum(math.prod(tuple(b) + tuple(s)) for b, s, _ in specs)
+    if 0 < total < 2 ** 32:
+      return _finish_all(specs, *_segment_hash(keys, specs))
     ks, c1s, c2s, outs = [], [], [], []
     # the counters' high words are 0 below 2**32 elements a draw: one zero operand
     # (each operand piece is a kernel of its own on XLA CPU, ~15 ms of compile)
@@ -90,17 +93,62 @@ def fused_random_bits(specs):
     total = k.shape[0]
     k1, k2 = (lax.reshape(lax.slice_in_dim(k, i, i + 1, axis=1), (total,)) for i in (0, 1))
     c1 = lax.full((total,), 0, np.uint32) if low else cat(c1s)
-    b1, b2 = threefry2x32(k1, k2, c1, cat(c2s))
-    start = 0
-    for batch, shape, width in specs:
-      full = tuple(batch) + tuple(shape)
-      n = math.prod(full)
-      x1 = lax.reshape(lax.slice_in_dim(b1, start, start + n), full)
-      x2 = lax.reshape(lax.slice_in_dim(b2, start, start + n), full)
-      start += n
-      outs.append(_finish(x1, x2, width))
-    return outs
+    return _finish_all(specs, *threefry2x32(k1, k2, c1, cat(c2s)))
   return fn
+
+
+#: At most this many segments (one key's elements each) select their key in one
+#: piece of the hash's operands (see ``_segment_hash``).
+SEGMENTS_PER_PIECE = 32
+
+
+def _segment_hash(keys, specs):
+  """The hash of the draws' elements, in the order of ``specs`` (each draw's keys in
+  row-major order, each key's counters 0, 1, ...), without building its operands
+  from one broadcast key and one counter iota a key: on XLA CPU each such piece of a
+  concatenation is a kernel of its own (ResNet-50's 54 keys: ~0.5 s of compile).
+  Instead a piece of up to ``SEGMENTS_PER_PIECE`` consecutive segments computes, for
+  element ``i`` (an iota), its key and counter with one comparison and three selects
+  a segment: ``k = key of the last segment starting at or before i``, ``counter = i -
+  that start``. The starts pass through an ``optimization_barrier`` (against a compare
+  of an iota with constants, which XLA would fold into a constant array). Each
+  segment's counter is below 2**32: the counters' high words are 0."""
+  segments = []                      # (u32[2] key data, element count)
+  for key, (batch, shape, _) in zip(keys, specs):
+    data = lax.reshape(jax.random.key_data(key), (math.prod(batch), 2))
+    n = math.prod(shape)
+    segments += [(lax.index_in_dim(data, b, keepdims=False), n) for b in range(data.shape[0])]
+  pieces = ([], [], [])
+  for p in range(0, len(segments), SEGMENTS_PER_PIECE):
+    part = segments[p:p + SEGMENTS_PER_PIECE]
+    size = sum(n for _, n in part)
+    starts = np.cumsum([0] + [n for _, n in part[:-1]]).astype(np.uint32)
+    i = lax.iota(np.uint32, size)
+    half = lambda k, h: lax.broadcast(lax.index_in_dim(k, h, keepdims=False), (size,))  # noqa: E731
+    k1, k2, start = half(part[0][0], 0), half(part[0][0], 1), lax.full((size,), 0, np.uint32)
+    bounds = lax.optimization_barrier(tuple(starts[1:])) if len(part) > 1 else ()
+    for (k, _), b in zip(part[1:], bounds):
+      at = lax.ge(i, lax.broadcast(b, (size,)))
+      k1, k2 = lax.select(at, half(k, 0), k1), lax.select(at, half(k, 1), k2)
+      start = lax.select(at, lax.broadcast(b, (size,)), start)
+    for acc, x in zip(pieces, (k1, k2, i - start)):
+      acc.append(x)
+  cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
+  k1, k2, c2 = (cat(x) for x in pieces)
+  return threefry2x32(k1, k2, lax.full(c2.shape, 0, np.uint32), c2)
+
+
+def _finish_all(specs, b1, b2):
+  """Each draw's bits from its part of the hash's outputs."""
+  outs, start = [], 0
+  for batch, shape, width in specs:
+    full = tuple(batch) + tuple(shape)
+    n = math.prod(full)
+    x1 = lax.reshape(lax.slice_in_dim(b1, start, start + n), full)
+    x2 = lax.reshape(lax.slice_in_dim(b2, start, start + n), full)
+    start += n
+    outs.append(_finish(x1, x2, width))
+  return outs
 
 
 #: The name of the fused hash's call in init (lowering runs it as a program apart).
@@ -195,9 +243,18 @@ def _draws(jaxpr) -> bool:
   return any(e.primitive is _compat.random_bits_p for e in iter_eqns(jaxpr))
 
 
+def _elementwise_call(e) -> bool:
+  """A call whose body is elementwise operations only (``jnp.clip``'s): inlined, the
+  initializer tails it sits in are chains fuse-init-tails can share."""
+  cj = e.params["jaxpr"]
+  return (not _compat.consts_of(cj) and not _compat.open_of(cj).constvars
+          and all(ie.primitive.name in fuse_init_tails.ELEMENTWISE for ie in _compat.open_of(cj).eqns))
+
+
 def _inline(eqns, subst):
-  """``eqns`` with every plain jit call that draws inlined, recursively (its body's
-  equations with fresh variables); ``subst`` gets the top-level calls' outputs."""
+  """``eqns`` with every plain jit call that draws, or computes elementwise only
+  (:func:`_elementwise_call`), inlined, recursively (its body's equations with fresh
+  variables); ``subst`` gets the top-level calls' outputs."""
   out = []
   atom = lambda v: v if isinstance(v, _compat.Literal) else subst.get(v, v)  # noqa: E731
   work = [(e, None) for e in reversed(eqns)]
@@ -219,7 +276,7 @@ def _inline(eqns, subst):
     else:
       ins = [atom(v) for v in e.invars]
     if (e.primitive is _compat.jit_p and not e.effects and _compat.jit_is_plain_call(e.params)
-        and _draws(e.params["jaxpr"])):
+        and (_draws(e.params["jaxpr"]) or _elementwise_call(e))):
       inner = _compat.open_of(e.params["jaxpr"])
       ienv = dict(zip(inner.invars, ins))
       work.append((("bind", e, inner, ienv), env))
@@ -281,21 +338,6 @@ def _chunks(eqns, members):
 
 def _draws_in(e) -> bool:
   return e.primitive is _compat.random_bits_p or any(_draws(j) for j in jaxprs_in(e.params))
-
-
-def _splice(helper, ins, targets, like):
-  """``helper``'s equations on ``ins``, its outputs bound to ``targets``."""
-  h = _compat.open_of(helper)
-  env = dict(zip(h.invars, ins))
-  out_map = dict(zip(h.outvars, targets))
-  eqns = []
-  for e in h.eqns:
-    outs = [out_map.get(v) or _compat.Var(v.aval) for v in e.outvars]
-    env.update(zip(e.outvars, outs))
-    eqns.append(_compat.with_eqn_ctx(
-        e.replace(invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
-                  outvars=outs), like))
-  return eqns
 
 
 def _toposort(eqns):
@@ -371,13 +413,13 @@ def fuse(closed_jaxpr):
     helper = _fused_jaxpr(tuple(k.aval for k in keys), specs)
     if any(o.aval != e.outvars[0].aval for o, e in zip(_compat.open_of(helper).outvars, es)):
       continue                     # e.g. a sharded aval: leave this level as it is
-    spliced[members[0]] = _splice(helper, keys, [e.outvars[0] for e in es], es[0])
+    spliced[members[0]] = splice(helper, keys, [e.outvars[0] for e in es], es[0])
     removed.update(members)
   for i, e in enumerate(eqns):
     if is_live[i] and _fold_in_fusable(e):
       helper = _fold_in_jaxpr(e.invars[0].aval, e.invars[1].aval)
       if _compat.open_of(helper).outvars[0].aval == e.outvars[0].aval:
-        spliced[i] = _splice(helper, list(e.invars), list(e.outvars), e)
+        spliced[i] = splice(helper, list(e.invars), list(e.outvars), e)
         removed.add(i)
   if not spliced:
     return closed_jaxpr
