@@ -9,7 +9,8 @@ tails of different parameter groups are the same operations on arrays of differe
 shapes, up to a scalar (the standard deviation depends on the fan-in).
 
 This pass (on the init program only) follows each 32-bit draw's *chain*: from
-``xor(slice(B1, a, b), slice(B2, a, b))`` of a fused hash's outputs, the equations
+``slice(B, a, b)`` of a fused hash's output ``B`` (``x1 ^ x2``: the bits of every
+draw of at most 32 bits), the equations
 that are elementwise over the chain's values with scalar other operands (literals
 or size-1 values), each the only use of the previous value (reshapes pass
 through: the chain works on the flat layout; fuse-random-bits inlines calls of
@@ -34,8 +35,8 @@ its chain in a kernel of its own can round differently than without the pass).
 Every element goes through the same operations on the same values as before: the
 values are bitwise the same (tested against the unfused init).
 
-Before::  t1 = erf_inv(f(xor(slice B1 0 4, slice B2 0 4))) * 0.5 ; t2 = erf_inv(f(xor(slice B1 4 10, ...))) * 0.3
-After::   Y = erf_inv(f(xor(slice B1 0 10, slice B2 0 10))) * S ; t1 = reshape(slice Y 0 4) ; t2 = ...
+Before::  t1 = erf_inv(f(slice B 0 4)) * 0.5 ; t2 = erf_inv(f(slice B 4 10)) * 0.3
+After::   Y = erf_inv(f(slice B 0 10)) * S ; t1 = reshape(slice Y 0 4) ; t2 = ...
           (S: 0.5 for elements 0-3, 0.3 for 4-9)
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ from jax import lax
 from purify import _compat
 from purify.passes._assemble import splice
 from purify.passes.base import Pass
+from purify.passes.split_init import ROWS_CALL
 
 
 #: Elementwise primitives a chain may go through (all operands broadcast alike).
@@ -163,32 +165,43 @@ def tail_signature(g: Graph, v) -> tuple:
 
 
 def _source(g: Graph, e):
-  """``(hash eqn index, start, stop)`` when ``e`` is ``xor(slice(B1), slice(B2))`` of
-  one fused hash's two outputs over the same range (a 32-bit draw), else None."""
-  if e.primitive.name != "xor" or len(e.invars) != 2:
+  """``(hash eqn index, start, stop)`` when ``e`` is ``slice(B, start, stop)`` of a
+  fused hash's one output ``B = x1 ^ x2`` (the bits of a draw of at most 32 bits),
+  else None."""
+  if e.primitive is not lax.slice_p or len(e.invars) != 1 or len(e.invars[0].aval.shape) != 1:
     return None
-  sl = []
-  for x in e.invars:                   # each operand: slice(B), maybe reshaped
-    i = g.producer.get(x) if isinstance(x, _compat.Var) else None
-    if i is not None and g.eqns[i].primitive is lax.reshape_p:
-      x = g.eqns[i].invars[0]
-      i = g.producer.get(x) if isinstance(x, _compat.Var) else None
-    if i is None or g.eqns[i].primitive is not lax.slice_p:
-      return None
-    sl.append(g.eqns[i])
-  if any(s.params["strides"] not in (None, (1,)) or len(s.invars[0].aval.shape) != 1 for s in sl):
+  if e.params["strides"] not in (None, (1,)):
     return None
-  (a1,), (b1,) = sl[0].params["start_indices"], sl[0].params["limit_indices"]
-  if (sl[1].params["start_indices"], sl[1].params["limit_indices"]) != ((a1,), (b1,)):
+  h = g.producer.get(e.invars[0]) if isinstance(e.invars[0], _compat.Var) else None
+  if h is None:
     return None
-  h = [g.producer.get(s.invars[0]) for s in sl]
-  if h[0] is None or h[0] != h[1]:
-    return None
-  he = g.eqns[h[0]]
+  he = g.eqns[h]
   if not (he.primitive is _compat.jit_p and he.params.get("name") == "threefry2x32"
-          and [s.invars[0] for s in sl] == list(he.outvars)):
+          and len(he.outvars) == 1):
     return None
-  return h[0], int(a1), int(b1)
+  (a,), (b,) = e.params["start_indices"], e.params["limit_indices"]
+  return h, int(a), int(b)
+
+
+def _only_returned(g: Graph, v, depth=0) -> bool:
+  """``v`` (a draw's value at the end of its chain) is returned by init and computed
+  with nothing else: an output, or taken apart into rows or reshaped, and those
+  returned. A value that goes on into arithmetic is not shared: XLA would fuse the
+  chain's last step with it (``x * sqrt2 + u`` into one FMA), differently once the
+  chain is computed apart (``normal() + uniform()``: one ulp off; measured)."""
+  if v in g.is_out:
+    return True
+  uses = g.uses.get(v, ())
+  if not uses or depth > 4:
+    return False
+  for i in uses:
+    e = g.eqns[i]
+    if e.primitive is _compat.jit_p and e.params.get("name") == ROWS_CALL:
+      continue
+    if e.primitive is lax.reshape_p and _only_returned(g, e.outvars[0], depth + 1):
+      continue
+    return False
+  return True
 
 
 def _descs(draw):
@@ -250,12 +263,14 @@ def fuse_tails(closed_jaxpr):
     return closed_jaxpr
   eqns = list(j.eqns)
   g = Graph(eqns, j.outvars, j.invars)
-  draws = []              # (hash eqn, start, stop, xor eqn, chain steps), eqn indices
+  draws = []              # (hash eqn, start, stop, slice eqn, chain steps), eqn indices
   for i, e in enumerate(eqns):
     src = _source(g, e)
     if src is not None:
       steps = chain(g, e.outvars[0], src[2] - src[1])
-      draws.append(src + (i, steps))
+      end = g.eqns[steps[-1][0]].outvars[0] if steps else e.outvars[0]
+      if _only_returned(g, end):
+        draws.append(src + (i, steps))
   draws.sort(key=lambda d: (d[0], d[1]))
   runs, cur = [], []
   for d in draws:
@@ -296,17 +311,12 @@ def _shared(g, run, length, drop):
   :func:`_spread`); the equations they replace are added to ``drop``."""
   hash_eqn = g.eqns[run[0][0]]
   start, stop = run[0][1], run[-1][2]
-  xor_eqn = g.eqns[run[0][3]]
+  first_slice = g.eqns[run[0][3]]             # (the first draw's slice: its eqn context)
   n = stop - start
   var = lambda aval, shape: _compat.Var(aval.update(shape=shape))  # noqa: E731
-  out, halves = [], []
-  for b in hash_eqn.outvars:
-    v = var(b.aval, (n,))
-    out.append(_eqn(xor_eqn, lax.slice_p, [b], [v], start_indices=(start,),
-                    limit_indices=(stop,), strides=None))
-    halves.append(v)
-  x = var(xor_eqn.outvars[0].aval, (n,))
-  out.append(xor_eqn.replace(invars=halves, outvars=[x]))
+  x = var(hash_eqn.outvars[0].aval, (n,))
+  out = [_eqn(first_slice, lax.slice_p, [hash_eqn.outvars[0]], [x], start_indices=(start,),
+              limit_indices=(stop,), strides=None)]
   steps = [[s for s in d[4] if s[1] is not None][:length] for d in run]
   sizes = [b - a for _, a, b, _, _ in run]
   for k, (i, _, v, scalars) in enumerate(steps[0]):
@@ -332,16 +342,16 @@ def _shared(g, run, length, drop):
     out.append(e.replace(invars=ins, outvars=[y]))
     x = y
   # each draw: its part of the shared result, bound to its own chain's variable
-  for _, a, b, xor_at, steps in run:
+  for _, a, b, slice_at, steps in run:
     last = [i for i, d, _, _ in steps if d is not None][length - 1]
     target = g.eqns[last].outvars[0]
     # its own steps up to there each had the previous one as their only use: gone
-    drop.add(xor_at)
+    drop.add(slice_at)
     drop.update(i for i, _, _, _ in steps[:[i for i, _, _, _ in steps].index(last)])
     part = var(x.aval, (b - a,))
-    out.append(_eqn(xor_eqn, lax.slice_p, [x], [part], start_indices=(a - start,),
+    out.append(_eqn(first_slice, lax.slice_p, [x], [part], start_indices=(a - start,),
                     limit_indices=(b - start,), strides=None))
-    out.append(_eqn(xor_eqn, lax.reshape_p, [part], [target],
+    out.append(_eqn(first_slice, lax.reshape_p, [part], [target],
                     new_sizes=tuple(target.aval.shape), dimensions=None, sharding=None))
     drop.add(last)
   return out

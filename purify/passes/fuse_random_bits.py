@@ -71,7 +71,7 @@ def fused_random_bits(specs):
   def fn(*keys):
     total = sum(math.prod(tuple(b) + tuple(s)) for b, s, _ in specs)
     if 0 < total < 2 ** 32:
-      return _finish_all(specs, *_segment_hash(keys, specs))
+      return _finished(specs, *_segment_operands(keys, specs))
     ks, c1s, c2s, outs = [], [], [], []
     # the counters' high words are 0 below 2**32 elements a draw: one zero operand
     # (each operand piece is a kernel of its own on XLA CPU, ~15 ms of compile)
@@ -93,8 +93,16 @@ def fused_random_bits(specs):
     total = k.shape[0]
     k1, k2 = (lax.reshape(lax.slice_in_dim(k, i, i + 1, axis=1), (total,)) for i in (0, 1))
     c1 = lax.full((total,), 0, np.uint32) if low else cat(c1s)
-    return _finish_all(specs, *threefry2x32(k1, k2, c1, cat(c2s)))
+    return _finished(specs, k1, k2, c1, cat(c2s))
   return fn
+
+
+def _finished(specs, k1, k2, c1, c2):
+  """Each draw's bits, from the hash of the operands: ONE output ``x1 ^ x2`` (all a
+  draw of at most 32 bits needs) unless a draw has 64 bits."""
+  if all(width <= 32 for _, _, width in specs):
+    return _finish_all(specs, threefry2x32_bits(k1, k2, c1, c2))
+  return _finish_all(specs, *threefry2x32(k1, k2, c1, c2))
 
 
 #: At most this many segments (one key's elements each) select their key in one
@@ -102,9 +110,10 @@ def fused_random_bits(specs):
 SEGMENTS_PER_PIECE = 32
 
 
-def _segment_hash(keys, specs):
-  """The hash of the draws' elements, in the order of ``specs`` (each draw's keys in
-  row-major order, each key's counters 0, 1, ...), without building its operands
+def _segment_operands(keys, specs):
+  """The hash's operands ``(k1, k2, c1, c2)`` for the draws' elements, in the order
+  of ``specs`` (each draw's keys in row-major order, each key's counters 0, 1, ...),
+  without building them
   from one broadcast key and one counter iota a key: on XLA CPU each such piece of a
   concatenation is a kernel of its own (ResNet-50's 54 keys: ~0.5 s of compile).
   Instead a piece of up to ``SEGMENTS_PER_PIECE`` consecutive segments computes, for
@@ -135,19 +144,18 @@ def _segment_hash(keys, specs):
       acc.append(x)
   cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
   k1, k2, c2 = (cat(x) for x in pieces)
-  return threefry2x32(k1, k2, lax.full(c2.shape, 0, np.uint32), c2)
+  return k1, k2, lax.full(c2.shape, 0, np.uint32), c2
 
 
-def _finish_all(specs, b1, b2):
-  """Each draw's bits from its part of the hash's outputs."""
+def _finish_all(specs, *hashed):
+  """Each draw's bits from its part of the hash's outputs (``x1 ^ x2``, or both)."""
   outs, start = [], 0
   for batch, shape, width in specs:
     full = tuple(batch) + tuple(shape)
     n = math.prod(full)
-    x1 = lax.reshape(lax.slice_in_dim(b1, start, start + n), full)
-    x2 = lax.reshape(lax.slice_in_dim(b2, start, start + n), full)
+    parts = [lax.reshape(lax.slice_in_dim(b, start, start + n), full) for b in hashed]
     start += n
-    outs.append(_finish(x1, x2, width))
+    outs.append(_finish(*parts, width) if len(parts) == 2 else _narrow(parts[0], width))
   return outs
 
 
@@ -164,6 +172,22 @@ def threefry2x32(k1, k2, c1, c2):
   without this pass: fused into the hash, a tail can be contracted differently
   (an FMA), one ulp off the unfused values."""
   return lax.optimization_barrier(_compat.threefry2x32_unrolled(k1, k2, c1, c2))
+
+
+def _hash_bits(k1, k2, c1, c2):
+  x1, x2 = _compat.threefry2x32_unrolled(k1, k2, c1, c2)
+  return lax.optimization_barrier(x1 ^ x2)
+
+
+_hash_bits.__name__ = HASH_CALL
+#: The hash of 8/16/32-bit draws: only ``x1 ^ x2``, ONE output (as a pair, XLA CPU
+#: computes each output in a kernel of its own: the whole hash twice).
+threefry2x32_bits = jax.jit(_hash_bits)
+
+
+def _narrow(bits, width):
+  """``_finish`` of ``bits = bits1 ^ bits2``, for 8, 16 or 32 bits."""
+  return bits if width == 32 else lax.convert_element_type(bits, np.dtype(f"uint{width}"))
 
 
 def _finish(bits1, bits2, width):
