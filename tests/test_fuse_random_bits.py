@@ -217,3 +217,17 @@ def test_fuse_on_a_plain_jaxpr(monkeypatch):
 def test_pass_is_in_the_default_pipeline_after_split_init():
   names = passes.default_pipeline().names
   assert names.index("fuse_random_bits") == names.index("split_init") + 1
+
+
+def test_many_keys_concatenate_the_operands_and_the_values_are_the_same(monkeypatch):
+  """Above MAX_SEGMENTS keys in one hash the operands are concatenated per draw, not
+  selected per key: the same bits either way."""
+  f = lambda x: purify.nn.MLP([4, 8, 4, 4])(x)  # noqa: E731
+  x = jnp.ones((2, 4))
+  want = purify.transform(f).init(RAW, x)
+  fuse_random_bits._fused_jaxpr.cache_clear()
+  monkeypatch.setattr(fuse_random_bits, "MAX_SEGMENTS", 1)
+  stages = dict(purify.explain(f, x, key=RAW))
+  assert "concatenate" in str(stages["fuse_random_bits"].init_jaxpr)
+  assert_bitwise(purify.transform(f).init(RAW, x), want)
+  fuse_random_bits._fused_jaxpr.cache_clear()

@@ -231,6 +231,10 @@ def _worth(prefix) -> int:
 #: an operand is a vector than when it is a constant.
 SPREADABLE = frozenset({"mul"})
 
+#: At most this many draws share one computation: a spread scalar is a select an
+#: element a draw (the next draws start a run of their own).
+MAX_RUN = 64
+
 
 def _shared_length(descs) -> int:
   """How many steps a run shares: the steps computed alike, then those alike but for
@@ -278,7 +282,7 @@ def fuse_tails(closed_jaxpr):
       descs = [_descs(x) for x in cur + [d]]
       # the same operations all along (then each draw can be a part of the shared
       # result, see _shared_length), alike up to an expensive one
-      if ([s for s, _ in descs[-1]] == [s for s, _ in descs[0]]
+      if (len(cur) < MAX_RUN and [s for s, _ in descs[-1]] == [s for s, _ in descs[0]]
           and _worth(descs[0][:_common(descs)])):
         cur.append(d)
         continue

@@ -20,7 +20,8 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    draw) it depends on; draws inside a loop/cond/custom rule are left alone;
 3. replaces the live threefry draws of one level by ONE ``threefry2x32`` hash over
    all their elements (each element's key and counter selected from the keys and
-   the segments' starts, see ``_segment_hash``), then slices, reshapes and finishes
+   the segments' starts, see ``_segment_operands``; concatenated from each draw's
+   broadcast key and counters above ``MAX_SEGMENTS`` keys), then slices, reshapes and finishes
    each draw as JAX does — bitwise the same values (a level above
    ``MAX_FUSED_ELEMENTS`` elements in all is fused in chunks of at most that size,
    which bounds the extra memory). The hash is written out as lax ops (JAX's own
@@ -70,7 +71,8 @@ def fused_random_bits(specs):
   """
   def fn(*keys):
     total = sum(math.prod(tuple(b) + tuple(s)) for b, s, _ in specs)
-    if 0 < total < 2 ** 32:
+    segments = sum(math.prod(b) for b, _, _ in specs)
+    if 0 < total < 2 ** 32 and segments <= MAX_SEGMENTS:
       return _finished(specs, *_segment_operands(keys, specs))
     ks, c1s, c2s, outs = [], [], [], []
     # the counters' high words are 0 below 2**32 elements a draw: one zero operand
@@ -106,8 +108,13 @@ def _finished(specs, k1, k2, c1, c2):
 
 
 #: At most this many segments (one key's elements each) select their key in one
-#: piece of the hash's operands (see ``_segment_hash``).
+#: piece of the hash's operands (see ``_segment_operands``).
 SEGMENTS_PER_PIECE = 32
+
+#: Above this many keys in one hash (a stack of thousands of small layers), the
+#: operands are concatenated from one broadcast a draw instead: the selects are a
+#: dozen equations a key (3333 keys: 2.3 s of the pass, 40k equations in init).
+MAX_SEGMENTS = 64
 
 
 def _segment_operands(keys, specs):
