@@ -195,10 +195,10 @@ def staged_plan(closed_jaxpr):
       slot[key] = len(first_outs)
       first_outs.append(base)
     outs.append((slot[key], view))
-  rows = any(k is None or view for k, view in outs)
-  first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, outvars=first_outs)) if rows else closed_jaxpr
+  apart = any(k is None or view for k, view in outs)    # outputs taken after the run
+  first = dce_closed(_compat.replace_jaxpr(closed_jaxpr, outvars=first_outs)) if apart else closed_jaxpr
   split = _split_hashes(first)
-  if split is None and not rows:
+  if split is None and not apart:
     return None
   if split is None:
     return _Staged(first, tuple(outs))

@@ -83,7 +83,6 @@ def test_whole_chains_are_shared_each_draw_is_a_slice_of_one_result():
   """The standard deviations differ only in the last product: it takes them as a
   vector, so each parameter is a slice of ONE result, which an eager init returns
   once (its only kernel) and slices on the host."""
-  from purify import lowering
   x, root = jnp.ones(2), jax.random.key(3)
   t = purify.transform(model)
   plan = t.init.purified.compiled(root, (x,), {})[0].init_exec.plan
