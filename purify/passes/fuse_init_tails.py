@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import splice
+from purify.passes._assemble import by_segment, splice
 from purify.passes.base import Pass
 from purify.passes.split_init import ROWS_CALL
 
@@ -394,19 +394,9 @@ def _spread(g, out, like, operands, sizes):
 
 @functools.lru_cache(maxsize=256)
 def _spread_jaxpr(sizes, dtype):
-  """``fn(*scalars)``: scalar ``d`` repeated ``sizes[d]`` times, as a chain of
-  selects on an iota (the segments' starts through an ``optimization_barrier``:
-  XLA would fold a compare of an iota with constants into a constant array)."""
-  n = sum(sizes)
-
+  """``fn(*scalars)``: scalar ``d`` repeated ``sizes[d]`` times (``by_segment``)."""
   def fn(*scalars):
-    i = lax.iota(np.uint32, n)
-    v = lax.broadcast(scalars[0], (n,))
-    starts = np.cumsum(sizes[:-1]).astype(np.uint32)
-    bounds = lax.optimization_barrier(tuple(starts)) if len(sizes) > 1 else ()
-    for x, b in zip(scalars[1:], bounds):
-      v = lax.select(lax.ge(i, lax.broadcast(b, (n,))), lax.broadcast(x, (n,)), v)
-    return v
+    return by_segment(sizes, [(x,) for x in scalars])[2][0]
   cj = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct((), dtype)] * len(sizes))
   if _compat.consts_of(cj) or _compat.open_of(cj).constvars:
     raise AssertionError("purify internal: the spread helper has consts")

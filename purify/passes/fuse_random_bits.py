@@ -53,7 +53,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes import fuse_init_tails
-from purify.passes._assemble import iter_eqns, jaxprs_in, splice
+from purify.passes._assemble import by_segment, iter_eqns, jaxprs_in, splice
 from purify.passes.base import Pass
 
 
@@ -137,16 +137,8 @@ def _segment_operands(keys, specs):
   pieces = ([], [], [])
   for p in range(0, len(segments), SEGMENTS_PER_PIECE):
     part = segments[p:p + SEGMENTS_PER_PIECE]
-    size = sum(n for _, n in part)
-    starts = np.cumsum([0] + [n for _, n in part[:-1]]).astype(np.uint32)
-    i = lax.iota(np.uint32, size)
-    half = lambda k, h: lax.broadcast(lax.index_in_dim(k, h, keepdims=False), (size,))  # noqa: E731
-    k1, k2, start = half(part[0][0], 0), half(part[0][0], 1), lax.full((size,), 0, np.uint32)
-    bounds = lax.optimization_barrier(tuple(starts[1:])) if len(part) > 1 else ()
-    for (k, _), b in zip(part[1:], bounds):
-      at = lax.ge(i, lax.broadcast(b, (size,)))
-      k1, k2 = lax.select(at, half(k, 0), k1), lax.select(at, half(k, 1), k2)
-      start = lax.select(at, lax.broadcast(b, (size,)), start)
+    halves = [tuple(lax.index_in_dim(k, h, keepdims=False) for h in (0, 1)) for k, _ in part]
+    i, start, (k1, k2) = by_segment([n for _, n in part], halves, with_start=True)
     for acc, x in zip(pieces, (k1, k2, i - start)):
       acc.append(x)
   cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
