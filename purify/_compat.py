@@ -349,6 +349,13 @@ from jax._src.random import threefry2x32 as _threefry  # noqa: E402
 
 random_bits_p = _prng.random_bits_p
 random_fold_in_p = _prng.random_fold_in_p
+
+
+def random_fold_in(keys, msgs):
+  """``fold_in`` of a typed key (array) with a uint32 array, broadcast together
+  (the public ``jax.random.fold_in`` takes one message; key derivation
+  folds a whole batch without a vmap around it)."""
+  return _prng.random_fold_in(keys, msgs)
 threefry2x32_p = _threefry.threefry2x32_p
 
 

@@ -91,23 +91,42 @@ class Graph:
     self.is_out = {v for v in outvars if isinstance(v, _compat.Var)}
     self.invar_pos = {v: n for n, v in enumerate(invars)}
     self._vn: dict = {}
+    self._numbers: dict = {}
+    self._params: dict = {}
 
-  def value_number(self, v) -> str:
-    """A string equal for two size-1 values computed alike (literals by value)."""
+  def value_number(self, v) -> int:
+    """A number equal for two size-1 values computed alike (literals by value):
+    each distinct description (operation, parameters, operands' numbers, output
+    position, type) gets the next number of this graph."""
     if isinstance(v, _compat.Literal):
-      return f"lit:{np.asarray(v.val).dtype}:{np.asarray(v.val).tolist()!r}"
-    if v in self._vn:
-      return self._vn[v]
+      val = np.asarray(v.val)
+      return self._number(("lit", _dtype_name(val.dtype), repr(val.tolist())))
+    n = self._vn.get(v)
+    if n is not None:
+      return n
     i = self.producer.get(v)
     if i is None:
-      out = f"in:{self.invar_pos.get(v, id(v))}"
+      desc = ("in", self.invar_pos.get(v, id(v)))
     else:
       e = self.eqns[i]
-      ins = ",".join(self.value_number(x) for x in e.invars)
-      out = (f"{e.primitive.name}[{_params_key(e.params)}]({ins})#{e.outvars.index(v)}"
-             f":{v.aval.str_short()}")
-    self._vn[v] = out
-    return out
+      desc = (e.primitive.name, self.params_key(i), tuple(self.value_number(x) for x in e.invars),
+              e.outvars.index(v), tuple(v.aval.shape), _dtype_name(v.aval.dtype),
+              getattr(v.aval, "weak_type", False))
+    n = self._vn[v] = self._number(desc)
+    return n
+
+  def _number(self, desc) -> int:
+    n = self._numbers.get(desc)
+    if n is None:
+      n = self._numbers[desc] = len(self._numbers)
+    return n
+
+  def params_key(self, i) -> str:
+    """Equation ``i``'s parameters as a string (computed once a graph)."""
+    k = self._params.get(i)
+    if k is None:
+      k = self._params[i] = _params_key(self.eqns[i].params)
+    return k
 
   def only_use(self, v):
     """The equation that is the single use of ``v`` (None if several, or an output)."""
@@ -119,6 +138,17 @@ class Graph:
 
 def _params_key(params) -> str:
   return ";".join(f"{k}={params[k]!r}" for k in sorted(params))
+
+
+_DTYPE_NAMES: dict = {}
+
+
+def _dtype_name(dtype) -> str:
+  """``str(dtype)``, cached (numpy's is ~2 us a call)."""
+  name = _DTYPE_NAMES.get(dtype)
+  if name is None:
+    name = _DTYPE_NAMES[dtype] = str(dtype)
+  return name
 
 
 def chain(g: Graph, v, size: int):
@@ -148,11 +178,11 @@ def chain(g: Graph, v, size: int):
       if x is v:
         pattern.append("x")
       elif isinstance(x, _compat.Literal) or _size(x.aval) == 1:
-        pattern.append(f"s:{x.aval.dtype}")
+        pattern.append("s:" + _dtype_name(x.aval.dtype))
         scalars.append(g.value_number(x))
       else:
         return out
-    desc = f"{name}[{_params_key(e.params)}]({'|'.join(pattern)})->{e.outvars[0].aval.dtype}"
+    desc = f"{name}[{g.params_key(i)}]({'|'.join(pattern)})->{_dtype_name(e.outvars[0].aval.dtype)}"
     out.append((i, desc, v, tuple(scalars)))
     v = e.outvars[0]
 
@@ -276,19 +306,21 @@ def fuse_tails(closed_jaxpr):
       if _only_returned(g, end):
         draws.append(src + (i, steps))
   draws.sort(key=lambda d: (d[0], d[1]))
-  runs, cur = [], []
+  runs, cur, common = [], [], 0     # common: the length of cur's common prefix
   for d in draws:
     if cur and d[0] == cur[-1][0] and d[1] == cur[-1][2]:
-      descs = [_descs(x) for x in cur + [d]]
+      first, mine = _descs(cur[0]), _descs(d)
+      k = min(common, _common([first, mine]))
       # the same operations all along (then each draw can be a part of the shared
       # result, see _shared_length), alike up to an expensive one
-      if (len(cur) < MAX_RUN and [s for s, _ in descs[-1]] == [s for s, _ in descs[0]]
-          and _worth(descs[0][:_common(descs)])):
+      if (len(cur) < MAX_RUN and [s for s, _ in mine] == [s for s, _ in first]
+          and _worth(first[:k])):
         cur.append(d)
+        common = k
         continue
     if len(cur) > 1:
       runs.append(cur)
-    cur = [d]
+    cur, common = [d], len(_descs(d))
   if len(cur) > 1:
     runs.append(cur)
   if not runs:

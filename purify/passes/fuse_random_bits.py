@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 
 import jax
 import numpy as np
@@ -262,8 +263,17 @@ def _fold_in_fusable(e) -> bool:
 
 
 # ----------------------------------------------------------------------------- the rewrite
+_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _draws(jaxpr) -> bool:
-  return any(e.primitive is _compat.random_bits_p for e in iter_eqns(jaxpr))
+  """``jaxpr`` (or a sub-jaxpr) holds a ``random_bits`` (remembered a jaxpr: the
+  bodies of calls are shared objects, asked about once an equation)."""
+  j = _compat.open_of(jaxpr)
+  hit = _DRAWS.get(j)
+  if hit is None:
+    hit = _DRAWS[j] = any(e.primitive is _compat.random_bits_p for e in iter_eqns(j))
+  return hit
 
 
 def _elementwise_call(e) -> bool:
@@ -360,12 +370,32 @@ def _chunks(eqns, members):
 
 
 def _draws_in(e) -> bool:
-  return e.primitive is _compat.random_bits_p or any(_draws(j) for j in jaxprs_in(e.params))
+  if e.primitive is _compat.random_bits_p:
+    return True
+  subs = jaxprs_in(e.params)
+  return bool(subs) and any(_draws(j) for j in subs)
+
+
+def _ordered(eqns) -> bool:
+  """Every operand of ``eqns`` is defined before its use (or outside the list)."""
+  produced = set()
+  for e in eqns:
+    produced.update(e.outvars)
+  seen = set()
+  for e in eqns:
+    for v in e.invars:
+      if not isinstance(v, _compat.Literal) and v in produced and v not in seen:
+        return False
+    seen.update(e.outvars)
+  return True
 
 
 def _toposort(eqns):
   """``eqns`` in an order where every operand is defined before use: each equation
-  is emitted after its producers, otherwise in list order (iterative DFS)."""
+  is emitted after its producers, otherwise in list order (iterative DFS; the list
+  itself when it is already in such an order)."""
+  if _ordered(eqns):
+    return eqns
   producer = {}
   for i, e in enumerate(eqns):
     for v in e.outvars:
