@@ -395,9 +395,10 @@ def eqn_lowers_partitionable_bits(eqn) -> bool:
   return mesh is None or bool(getattr(mesh, "empty", False))
 
 
-def with_eqn_ctx(eqn, like):
-  """``eqn`` with the context (and source info) of ``like``."""
-  return eqn.replace(ctx=like.ctx, source_info=like.source_info)
+def with_eqn_ctx(eqn, like, **fields):
+  """``eqn`` with the context (and source info) of ``like`` (and ``fields``
+  replaced: one new equation)."""
+  return eqn.replace(ctx=like.ctx, source_info=like.source_info, **fields)
 
 
 def jit_is_plain_call(params) -> bool:

@@ -67,12 +67,20 @@ def fold_indices(key, *indices):
 
 
 def fold_batch(key, batch: tuple[int, ...]):
-  """Keys of shape ``batch``: element ``[b1, b2, ...]`` is ``fold(key, b1, b2, ...)``."""
+  """Keys of shape ``batch``: element ``[b1, b2, ...]`` is ``fold(key, b1, b2, ...)``.
+  ``key`` may itself be a batch of keys (leading axes, e.g. a group of stacked
+  parameters): each of its keys gets its own ``batch``. Each fold takes the whole
+  batch of indices at once (an iota), no ``vmap``."""
   if not batch:
     return key
-  n, rest = batch[0], batch[1:]
-  return jax.vmap(lambda i: fold_batch(jax.random.fold_in(key, i), rest))(
-      jnp.arange(n, dtype=jnp.uint32))
+  typed = is_typed_key(key)
+  k = key if typed else jax.random.wrap_key_data(key)
+  for n in batch:
+    shape = tuple(k.shape) + (int(n),)
+    if k.ndim:                     # (a scalar key broadcasts against the indices)
+      k = jax.lax.broadcast_in_dim(k, shape, tuple(range(k.ndim)))
+    k = _compat.random_fold_in(k, jax.lax.broadcasted_iota(np.uint32, shape, len(shape) - 1))
+  return k if typed else jax.random.key_data(k)
 
 
 def key_aval(rng):

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import purify
 from purify import keys, passes
@@ -202,3 +203,29 @@ def test_shared_initial_states_are_distinct_buffers_in_a_staged_init():
   new = step(params, state)
   np.testing.assert_allclose(np.asarray(new["~"]["mean_2"]), 0.1 * np.asarray(
       t.apply(params, t.init(jax.random.key(0), X)[1], None, X)[0].mean(0)), rtol=1e-6)
+
+
+def _data(k):
+  return jax.random.key_data(k) if keys.is_typed_key(k) else k
+
+
+@pytest.mark.parametrize("root", [jax.random.PRNGKey(7), jax.random.key(7)],
+                         ids=["raw", "typed"])
+def test_batched_key_derivations_equal_their_definitions_folded_one_at_a_time(root):
+  # derive_many and fold_batch fold whole batches at once (no vmap): each key must
+  # be the one derive / fold_in gives, written out one key at a time
+  names = ["param:a/w", "param:b/w", "param:c/b"]
+  many = keys.derive_many(root, names)
+  for i, s in enumerate(names):
+    np.testing.assert_array_equal(_data(many[i]), _data(keys.derive(root, s)))
+  for batch in [(3,), (2, 3)]:
+    got = keys.fold_batch(many, batch)
+    assert got.shape[:1 + len(batch)] == (3,) + batch
+    for g in range(3):
+      for idx in np.ndindex(*batch):
+        want = many[g]
+        for b in idx:
+          want = jax.random.fold_in(want, b)
+        np.testing.assert_array_equal(_data(got[(g,) + idx]), _data(want))
+    one = keys.fold_batch(many[1], batch)          # a single key
+    np.testing.assert_array_equal(_data(one), _data(got[1]))

@@ -107,8 +107,8 @@ def splice(helper, ins, targets, like):
     outs = [out_map.get(v) or _compat.Var(v.aval) for v in e.outvars]
     env.update(zip(e.outvars, outs))
     eqns.append(_compat.with_eqn_ctx(
-        e.replace(invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
-                  outvars=outs), like))
+        e, like, invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
+        outvars=outs))
   return eqns
 
 

@@ -48,7 +48,7 @@ def init_group(sites, group_keys, members=None):
 def member_keys_of(keys_, stack):
   """The member keys of stacked parameters (``keys.fold_batch`` of each key), for a
   batch of keys in one vectorized derivation."""
-  return jax.vmap(lambda k: keys.fold_batch(k, tuple(stack)))(keys_)
+  return keys.fold_batch(keys_, tuple(stack))
 
 
 def _index_row(x):
@@ -123,10 +123,8 @@ def init_param(site, root, key=None, batch=None, members=None):
   for _ in site.stack:
     fn = jax.vmap(fn)
   member_keys = lambda k: keys.fold_batch(k, tuple(site.stack))  # noqa: E731
-  if batch is not None:
+  if batch is not None:            # (fold_batch folds each key of a batch)
     fn = jax.vmap(fn)
-    if site.stack:                 # (without a stack the member keys are the keys)
-      member_keys = jax.vmap(member_keys)
   try:
     value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
                        lambda: fn(member_keys(key) if members is None else members))
