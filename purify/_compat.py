@@ -349,6 +349,7 @@ from jax._src.random import threefry2x32 as _threefry  # noqa: E402
 
 random_bits_p = _prng.random_bits_p
 random_fold_in_p = _prng.random_fold_in_p
+threefry2x32_p = _threefry.threefry2x32_p
 
 
 def random_fold_in(keys, msgs):
@@ -356,17 +357,6 @@ def random_fold_in(keys, msgs):
   (the public ``jax.random.fold_in`` takes one message; key derivation
   folds a whole batch without a vmap around it)."""
   return _prng.random_fold_in(keys, msgs)
-threefry2x32_p = _threefry.threefry2x32_p
-
-
-def threefry2x32_unrolled(k1, k2, c1, c2):
-  """The same hash as ``threefry2x32_p`` (bitwise), as its 20 rounds of plain lax ops:
-  JAX's own unrolled form (its GPU/TPU lowering). On CPU JAX lowers the primitive as
-  a rolled 5-step loop over the whole operands (cheaper to compile per draw, but each
-  step streams the operands through memory); written out, XLA fuses the hash into
-  its consumers as one pass over the elements."""
-  x1, x2 = _threefry._threefry2x32_lowering(k1, k2, c1, c2, use_rolled_loops=False)
-  return x1, x2
 
 
 def iota_2x32_shape(shape):

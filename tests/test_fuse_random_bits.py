@@ -231,3 +231,27 @@ def test_many_keys_concatenate_the_operands_and_the_values_are_the_same(monkeypa
   assert "concatenate" in str(stages["fuse_random_bits"].init_jaxpr)
   assert_bitwise(purify.transform(f).init(RAW, x), want)
   fuse_random_bits._fused_jaxpr.cache_clear()
+
+
+def test_the_written_out_hash_is_the_primitive_bitwise_and_its_calls_are_templates():
+  # threefry2x32_rounds is our own lax form of the hash: equal to JAX's primitive on
+  # arbitrary words, including the all-ones and zero corners
+  words = [jax.random.bits(jax.random.key(i), (257,), np.uint32) for i in range(4)]
+  words = [w.at[:2].set(np.array([0, 0xFFFFFFFF], np.uint32)) for w in words]
+  want = _compat.threefry2x32_p.bind(*words)
+  got = fuse_random_bits.threefry2x32_rounds(*words)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+  # hashed(): one call whose body is the template's equations on the new length
+  # (any shape: flattened and restored) — the values of the jitted hash itself
+  for shape in [(257,), (3, 5), (1,)]:
+    ws = [w[:int(np.prod(shape))].reshape(shape) for w in words]
+    for fn in (fuse_random_bits.threefry2x32, fuse_random_bits.threefry2x32_bits):
+      cj = jax.make_jaxpr(lambda *a, fn=fn: fuse_random_bits.hashed(fn, *a))(*ws)
+      calls = [e for e in _compat.open_of(cj).eqns if e.primitive is _compat.jit_p]
+      assert len(calls) == 1 and calls[0].params["name"] == "threefry2x32"
+      _compat.check_jaxpr(cj)
+      got = jax.jit(lambda *a, fn=fn: fuse_random_bits.hashed(fn, *a))(*ws)
+      want = fn(*ws)
+      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(a, b)

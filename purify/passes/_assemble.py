@@ -112,6 +112,33 @@ def splice(helper, ins, targets, like):
   return eqns
 
 
+def resized(closed_jaxpr, n: int):
+  """``closed_jaxpr``, an elementwise program over vectors of one length (every
+  value a vector of that length or a scalar; no parameter that holds a shape), on
+  vectors of length ``n``: the same equations on new variables. A helper's body is
+  written from ONE traced template this way instead of being traced again for each
+  length (tracing the unrolled threefry hash costs ~25 ms a length)."""
+  j = _compat.open_of(closed_jaxpr)
+  env: dict = {}
+
+  def new(v):
+    shape = tuple(v.aval.shape)
+    if len(shape) > 1:
+      raise AssertionError(f"purify internal: resized() of a {v.aval.str_short()} value")
+    w = _compat.Var(v.aval.update(shape=(n,)) if shape else v.aval)
+    env[v] = w
+    return w
+  invars = [new(v) for v in j.invars]
+  eqns = []
+  for e in j.eqns:
+    if any(type(p) is tuple for p in e.params.values()):
+      raise AssertionError(f"purify internal: resized() of {e.primitive.name} (a shape parameter)")
+    eqns.append(e.replace(invars=[v if isinstance(v, _compat.Literal) else env[v] for v in e.invars],
+                          outvars=[new(v) for v in e.outvars]))
+  outvars = [v if isinstance(v, _compat.Literal) else env[v] for v in j.outvars]
+  return _compat.replace_jaxpr(closed_jaxpr, invars=invars, outvars=outvars, eqns=eqns)
+
+
 def by_segment(sizes, values, with_start=False):
   """Over ``sum(sizes)`` elements in consecutive segments of ``sizes``: ``(i, start,
   vectors)`` — the uint32 iota ``i``, each element's segment start (with

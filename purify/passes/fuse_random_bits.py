@@ -54,7 +54,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes import fuse_init_tails
-from purify.passes._assemble import by_segment, iter_eqns, jaxprs_in, splice
+from purify.passes._assemble import by_segment, iter_eqns, jaxprs_in, resized, splice
 from purify.passes.base import Pass
 
 
@@ -104,8 +104,8 @@ def _finished(specs, k1, k2, c1, c2):
   """Each draw's bits, from the hash of the operands: ONE output ``x1 ^ x2`` (all a
   draw of at most 32 bits needs) unless a draw has 64 bits."""
   if all(width <= 32 for _, _, width in specs):
-    return _finish_all(specs, threefry2x32_bits(k1, k2, c1, c2))
-  return _finish_all(specs, *threefry2x32(k1, k2, c1, c2))
+    return _finish_all(specs, *hashed(threefry2x32_bits, k1, k2, c1, c2))
+  return _finish_all(specs, *hashed(threefry2x32, k1, k2, c1, c2))
 
 
 #: At most this many segments (one key's elements each) select their key in one
@@ -163,26 +163,80 @@ def _finish_all(specs, *hashed):
 HASH_CALL = "threefry2x32"
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32_rounds(k1, k2, x1, x2):
+  """The Threefry-2x32 hash with 20 rounds (Salmon et al., "Parallel random numbers:
+  as easy as 1, 2, 3", SC 2011) as plain lax operations, rounds unrolled: bitwise
+  ``threefry2x32_p``'s values (tested), the form JAX lowers it to on GPU. On CPU JAX
+  lowers the primitive as a rolled 5-step loop over the whole operands (each step
+  streams them through memory); written out, XLA fuses the hash into its consumers
+  as one pass over the elements. (lax, not jnp: the template traces in ~1 ms.)"""
+  u32 = np.uint32
+  ks = (k1, k2, lax.bitwise_xor(lax.bitwise_xor(k1, k2), u32(0x1BD11BDA)))
+  a, b = lax.add(x1, ks[0]), lax.add(x2, ks[1])
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      a = lax.add(a, b)
+      b = lax.bitwise_xor(a, lax.bitwise_or(lax.shift_left(b, u32(r)),
+                                            lax.shift_right_logical(b, u32(32 - r))))
+    a = lax.add(a, ks[(i + 1) % 3])
+    b = lax.add(lax.add(b, ks[(i + 2) % 3]), u32(i + 1))
+  return a, b
+
+
 @jax.jit
 def threefry2x32(k1, k2, c1, c2):
-  """The hash, written out (``_compat.threefry2x32_unrolled``: bitwise the primitive's
-  values); one named call in the program, which XLA inlines. Its two outputs are
+  """The hash, written out (``threefry2x32_rounds``); one named call in the program, which XLA inlines. Its two outputs are
   materialized (``optimization_barrier``) as the primitive's are on CPU, so XLA
   fuses each draw's floating-point tail (``uniform``, ``erf_inv``, ...) as it does
   without this pass: fused into the hash, a tail can be contracted differently
   (an FMA), one ulp off the unfused values."""
-  return lax.optimization_barrier(_compat.threefry2x32_unrolled(k1, k2, c1, c2))
+  return lax.optimization_barrier(threefry2x32_rounds(k1, k2, c1, c2))
 
 
 def _hash_bits(k1, k2, c1, c2):
-  x1, x2 = _compat.threefry2x32_unrolled(k1, k2, c1, c2)
+  x1, x2 = threefry2x32_rounds(k1, k2, c1, c2)
   return lax.optimization_barrier(x1 ^ x2)
+
+
+@jax.jit
+def _hash_pair(k1, k2, c1, c2):
+  """The hash's two outputs as they are (``threefry_fold_in`` materializes them)."""
+  return threefry2x32_rounds(k1, k2, c1, c2)
 
 
 _hash_bits.__name__ = HASH_CALL
 #: The hash of 8/16/32-bit draws: only ``x1 ^ x2``, ONE output (as a pair, XLA CPU
 #: computes each output in a kernel of its own: the whole hash twice).
 threefry2x32_bits = jax.jit(_hash_bits)
+
+
+#: The length of the vectors the hashes' templates are traced with.
+_SAMPLE = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_eqn(fn):
+  """The call of ``fn`` (one of the jitted hashes) on uint32 vectors, traced once."""
+  s = jax.ShapeDtypeStruct((_SAMPLE,), np.uint32)
+  (e,) = _compat.open_of(jax.make_jaxpr(fn)(s, s, s, s)).eqns
+  return e
+
+
+def hashed(fn, k1, k2, c1, c2):
+  """``fn(k1, k2, c1, c2)`` (one of the jitted hashes below, on uint32
+  vectors of one length; any shape, flattened and restored) as ONE call, its body
+  written from the traced template (``_assemble.resized``): the same equations as
+  ``jax.jit`` traces for that length, ~1 ms instead of ~25 ms a new length."""
+  shape = tuple(k1.shape)
+  n = math.prod(shape)
+  if len(shape) != 1:
+    k1, k2, c1, c2 = (lax.reshape(x, (n,)) for x in (k1, k2, c1, c2))
+  e = _hash_eqn(fn)
+  outs = _compat.jit_p.bind(k1, k2, c1, c2, **dict(e.params, jaxpr=resized(e.params["jaxpr"], n)))
+  return [x if len(shape) == 1 else lax.reshape(x, shape) for x in outs]
 
 
 def _narrow(bits, width):
@@ -225,8 +279,8 @@ def threefry_fold_in(keys, msgs):
   data = jax.random.key_data(keys)
   k1, k2 = (jnp.broadcast_to(lax.index_in_dim(data, i, axis=data.ndim - 1, keepdims=False), shape)
             for i in (0, 1))
-  b1, b2 = _compat.threefry2x32_unrolled(k1, k2, lax.full(shape, 0, np.uint32),
-                                         jnp.broadcast_to(msgs, shape))
+  b1, b2 = hashed(_hash_pair, k1, k2, lax.full(shape, 0, np.uint32),
+                  jnp.broadcast_to(msgs, shape))
   b1, b2 = _materialized(b1, b2)
   return jax.random.wrap_key_data(jnp.stack([b1, b2], axis=-1), impl="threefry2x32")
 
