@@ -265,3 +265,30 @@ def test_verify_pure_checked_mode_finds_a_hidden_effect_primitive():
   with jax.enable_checks(True):
     with pytest.raises((errors.EffectLoweringError, jax.errors.JaxprTypeError)):
       jax.jit(jcore.jaxpr_as_fun(j)).lower(*args)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.sampled_from("asm")),
+                min_size=1, max_size=25), st.randoms(use_true_random=False))
+def test_toposort_orders_any_shuffle_of_a_program_and_keeps_an_ordered_one(ops, rnd):
+  # the passes that insert equations (fuse-random-bits, fuse-init-tails) put them in
+  # order with _assemble.toposort: any shuffle of a program's equations comes back
+  # defined-before-use, the same equations, the same values; an ordered list as is
+  from purify.passes._assemble import toposort
+
+  def f(x, y):
+    vals = [x, y]
+    for a, b, op in ops:
+      u, v = vals[a % len(vals)], vals[b % len(vals)]
+      vals.append(u + v if op == "a" else u - v if op == "s" else u * v)
+    return vals[-1], vals[len(vals) // 2]
+  cj = jax.make_jaxpr(f)(1.0, 2.0)
+  eqns = list(_compat.open_of(cj).eqns)
+  assert toposort(eqns) == eqns
+  shuffled = eqns[:]
+  rnd.shuffle(shuffled)
+  got = toposort(shuffled)
+  assert sorted(map(id, got)) == sorted(map(id, eqns))
+  new = _compat.replace_jaxpr(cj, eqns=got)
+  _compat.check_jaxpr(new)
+  _same_values(cj, new, np.float32(1.5), np.float32(-0.25))

@@ -112,6 +112,41 @@ def splice(helper, ins, targets, like):
   return eqns
 
 
+def toposort(eqns):
+  """``eqns`` in an order where every operand is defined before its use: list order,
+  except that an equation with an operand not yet defined waits, and follows the
+  equation that defines the last of them (one pass; the list as it is when nothing
+  waits)."""
+  produced = set()
+  for e in eqns:
+    produced.update(e.outvars)
+  defined: set = set()
+  waiting: dict = {}                 # var -> indices of the equations waiting for it
+  missing = {}                       # index -> how many operands it still waits for
+  out = []
+  for i, e in enumerate(eqns):
+    need = {v for v in e.invars if not isinstance(v, _compat.Literal)
+            and v in produced and v not in defined}
+    if need:
+      missing[i] = len(need)
+      for v in need:
+        waiting.setdefault(v, []).append(i)
+      continue
+    ready = [i]
+    while ready:
+      k = ready.pop()
+      out.append(eqns[k])
+      for v in eqns[k].outvars:
+        defined.add(v)
+        for w in reversed(waiting.pop(v, ())):
+          missing[w] -= 1
+          if not missing[w]:
+            ready.append(w)
+  if len(out) != len(eqns):
+    raise AssertionError("purify internal: equations that wait on each other (a cycle)")
+  return out
+
+
 def resized(closed_jaxpr, n: int):
   """``closed_jaxpr``, an elementwise program over vectors of one length (every
   value a vector of that length or a scalar; no parameter that holds a shape), on

@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import by_segment, splice
+from purify.passes._assemble import by_segment, splice, toposort
 from purify.passes.base import Pass
 from purify.passes.split_init import ROWS_CALL
 
@@ -333,8 +333,7 @@ def fuse_tails(closed_jaxpr):
   if not new:
     return closed_jaxpr
   kept = [e for i, e in enumerate(eqns) if i not in drop]
-  from purify.passes.fuse_random_bits import _toposort   # (that module imports this one)
-  return _compat.replace_jaxpr(closed_jaxpr, eqns=_toposort(kept + new))
+  return _compat.replace_jaxpr(closed_jaxpr, eqns=toposort(kept + new))
 
 
 def _eqn(like, prim, ins, outs, **params):

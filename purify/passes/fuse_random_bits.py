@@ -32,7 +32,8 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    ``fold_in(fold_in(root, hi), lo)`` of its name's hash, ``threefry_fold_in``):
    the primitive's rolled-loop lowering costs ~0.3 s of XLA compile per fold on
    CPU; the folded keys are materialized once (see ``_materialized``);
-5. re-sorts the equations topologically.
+5. puts the equations in an order where each operand is defined before its use
+   (``_assemble.toposort``).
 
 A program with effects, draws of another PRNG implementation, a context other
 than the plain partitionable one (``eqn.ctx``), or nothing to fuse is returned
@@ -54,7 +55,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes import fuse_init_tails
-from purify.passes._assemble import by_segment, iter_eqns, jaxprs_in, resized, splice
+from purify.passes._assemble import by_segment, iter_eqns, jaxprs_in, resized, splice, toposort
 from purify.passes.base import Pass
 
 
@@ -430,54 +431,6 @@ def _draws_in(e) -> bool:
   return bool(subs) and any(_draws(j) for j in subs)
 
 
-def _ordered(eqns) -> bool:
-  """Every operand of ``eqns`` is defined before its use (or outside the list)."""
-  produced = set()
-  for e in eqns:
-    produced.update(e.outvars)
-  seen = set()
-  for e in eqns:
-    for v in e.invars:
-      if not isinstance(v, _compat.Literal) and v in produced and v not in seen:
-        return False
-    seen.update(e.outvars)
-  return True
-
-
-def _toposort(eqns):
-  """``eqns`` in an order where every operand is defined before use: each equation
-  is emitted after its producers, otherwise in list order (iterative DFS; the list
-  itself when it is already in such an order)."""
-  if _ordered(eqns):
-    return eqns
-  producer = {}
-  for i, e in enumerate(eqns):
-    for v in e.outvars:
-      if not isinstance(v, _compat.DropVar):
-        producer[v] = i
-  state = [0] * len(eqns)          # 0 new, 1 on the path, 2 emitted
-  out = []
-  for root in range(len(eqns)):
-    stack = [(root, False)]
-    while stack:
-      i, expanded = stack.pop()
-      if expanded:
-        state[i] = 2
-        out.append(eqns[i])
-        continue
-      if state[i] == 2:
-        continue
-      if state[i] == 1:
-        raise AssertionError("purify internal: fuse_random_bits made a cycle")
-      state[i] = 1
-      stack.append((i, True))
-      for v in reversed(eqns[i].invars):
-        p = None if isinstance(v, _compat.Literal) else producer.get(v)
-        if p is not None and state[p] != 2:
-          stack.append((p, False))
-  return out
-
-
 def fuse(closed_jaxpr):
   """``closed_jaxpr`` with each level of independent threefry draws fused into one
   threefry2x32 (see module docstring); the same object when there is nothing to do."""
@@ -535,7 +488,7 @@ def fuse(closed_jaxpr):
     new_eqns.extend(spliced.get(i, ()))
     if i not in removed:
       new_eqns.append(e)
-  return _compat.replace_jaxpr(closed_jaxpr, eqns=_toposort(new_eqns), outvars=outvars)
+  return _compat.replace_jaxpr(closed_jaxpr, eqns=toposort(new_eqns), outvars=outvars)
 
 
 @dataclasses.dataclass(frozen=True)
