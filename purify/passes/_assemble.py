@@ -1,9 +1,6 @@
 """Helpers shared by the threading passes at the top level of a program."""
 from __future__ import annotations
 
-import numpy as np
-from jax import lax
-
 from purify import _compat
 from purify import effects as fx
 from purify import errors
@@ -172,26 +169,3 @@ def resized(closed_jaxpr, n: int):
                           outvars=[new(v) for v in e.outvars]))
   outvars = [v if isinstance(v, _compat.Literal) else env[v] for v in j.outvars]
   return _compat.replace_jaxpr(closed_jaxpr, invars=invars, outvars=outvars, eqns=eqns)
-
-
-def by_segment(sizes, values, with_start=False):
-  """Over ``sum(sizes)`` elements in consecutive segments of ``sizes``: ``(i, start,
-  vectors)`` — the uint32 iota ``i``, each element's segment start (with
-  ``with_start``, else None) and, for each position of the tuples ``values[s]``
-  (scalars of segment ``s``), the vector holding each element's segment's scalar. One
-  compare and a select a value a segment, elementwise: XLA fuses it into its
-  consumer (a concatenation of broadcasts is a kernel a piece on CPU). The starts
-  pass through an ``optimization_barrier``: XLA would fold a compare of an iota with
-  constants into a constant array."""
-  n = sum(sizes)
-  i = lax.iota(np.uint32, n)
-  vecs = [lax.broadcast(x, (n,)) for x in values[0]]
-  start = lax.full((n,), 0, np.uint32) if with_start else None
-  bounds = (lax.optimization_barrier(tuple(np.cumsum(sizes[:-1]).astype(np.uint32)))
-            if len(sizes) > 1 else ())
-  for vals, b in zip(values[1:], bounds):
-    at = lax.ge(i, lax.broadcast(b, (n,)))
-    vecs = [lax.select(at, lax.broadcast(x, (n,)), v) for x, v in zip(vals, vecs)]
-    if with_start:
-      start = lax.select(at, lax.broadcast(b, (n,)), start)
-  return i, start, vecs

@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import by_segment, splice, toposort
+from purify.passes._assemble import splice, toposort
 from purify.passes.base import Pass
 from purify.passes.split_init import ROWS_CALL
 
@@ -423,11 +423,28 @@ def _spread(g, out, like, operands, sizes):
   return vec
 
 
+def _by_segment(sizes, scalars):
+  """Over ``sum(sizes)`` elements in consecutive segments of ``sizes``: the vector
+  holding each element's segment's scalar. One compare and a select a segment,
+  elementwise: XLA fuses it into its consumer (a concatenation of broadcasts is a
+  kernel a piece on CPU). The segments' starts pass through an
+  ``optimization_barrier``: XLA would fold a compare of an iota with constants into
+  a constant array."""
+  n = sum(sizes)
+  i = lax.iota(np.uint32, n)
+  vec = lax.broadcast(scalars[0], (n,))
+  bounds = (lax.optimization_barrier(tuple(np.cumsum(sizes[:-1]).astype(np.uint32)))
+            if len(sizes) > 1 else ())
+  for x, b in zip(scalars[1:], bounds):
+    vec = lax.select(lax.ge(i, lax.broadcast(b, (n,))), lax.broadcast(x, (n,)), vec)
+  return vec
+
+
 @functools.lru_cache(maxsize=256)
 def _spread_jaxpr(sizes, dtype):
-  """``fn(*scalars)``: scalar ``d`` repeated ``sizes[d]`` times (``by_segment``)."""
+  """``fn(*scalars)``: scalar ``d`` repeated ``sizes[d]`` times (``_by_segment``)."""
   def fn(*scalars):
-    return by_segment(sizes, [(x,) for x in scalars])[2][0]
+    return _by_segment(sizes, scalars)
   cj = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct((), dtype)] * len(sizes))
   if _compat.consts_of(cj) or _compat.open_of(cj).constvars:
     raise AssertionError("purify internal: the spread helper has consts")
