@@ -344,12 +344,21 @@ def _draws(jaxpr) -> bool:
   return hit
 
 
+_ELEMENTWISE_BODY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _elementwise_call(e) -> bool:
   """A call whose body is elementwise operations only (``jnp.clip``'s): inlined, the
-  initializer tails it sits in are chains fuse-init-tails can share."""
+  initializer tails it sits in are chains fuse-init-tails can share (remembered a
+  body)."""
   cj = e.params["jaxpr"]
-  return (not _compat.consts_of(cj) and not _compat.open_of(cj).constvars
-          and all(ie.primitive.name in fuse_init_tails.ELEMENTWISE for ie in _compat.open_of(cj).eqns))
+  j = _compat.open_of(cj)
+  hit = _ELEMENTWISE_BODY.get(j)
+  if hit is None:
+    hit = _ELEMENTWISE_BODY[j] = (
+        not _compat.consts_of(cj) and not j.constvars
+        and all(ie.primitive.name in fuse_init_tails.ELEMENTWISE for ie in j.eqns))
+  return hit
 
 
 def _inline(eqns, subst):
@@ -376,8 +385,9 @@ def _inline(eqns, subst):
       ins = [v if isinstance(v, _compat.Literal) else env[v] for v in e.invars]
     else:
       ins = [atom(v) for v in e.invars]
-    if (e.primitive is _compat.jit_p and not e.effects and _compat.jit_is_plain_call(e.params)
-        and (_draws(e.params["jaxpr"]) or _elementwise_call(e))):
+    if (e.primitive is _compat.jit_p and not e.effects
+        and (_draws(e.params["jaxpr"]) or _elementwise_call(e))
+        and _compat.jit_is_plain_call(e.params)):
       inner = _compat.open_of(e.params["jaxpr"])
       ienv = dict(zip(inner.invars, ins))
       work.append((("bind", e, inner, ienv), env))
@@ -448,9 +458,8 @@ def fuse(closed_jaxpr):
   """``closed_jaxpr`` with each level of independent threefry draws fused into one
   threefry2x32 (see module docstring); the same object when there is nothing to do."""
   j = _compat.open_of(closed_jaxpr)
-  if j.effects or not any(e.primitive is _compat.random_bits_p or e.primitive is _compat.random_fold_in_p
-                          for e in iter_eqns(j)):
-    return closed_jaxpr
+  if j.effects or not any(e.primitive is _compat.random_fold_in_p or _draws_in(e) for e in j.eqns):
+    return closed_jaxpr                  # (a fold_in in a call is never fused: not inlined)
   subst: dict = {}
   eqns = _inline(list(j.eqns), subst)
   outvars = [v if isinstance(v, _compat.Literal) else subst.get(v, v) for v in j.outvars]
@@ -472,10 +481,12 @@ def fuse(closed_jaxpr):
       level[v] = d_out
   # each level's draws ordered by their tails, so that alike tails are adjacent in the
   # hash (fuse-init-tails computes them once on the slice that holds them)
-  graph = fuse_init_tails.Graph(eqns, outvars)
+  graph = (fuse_init_tails.Graph(eqns, outvars)
+           if any(len(m) > 1 for m in groups.values()) else None)
   for d, members in groups.items():
-    sig = {i: fuse_init_tails.tail_signature(graph, eqns[i].outvars[0]) for i in members}
-    groups[d] = sorted(members, key=lambda i: sig[i])
+    if len(members) > 1:
+      sig = {i: fuse_init_tails.tail_signature(graph, eqns[i].outvars[0]) for i in members}
+      groups[d] = sorted(members, key=lambda i: sig[i])
   spliced: dict = {}               # first member's index -> the fused equations
   removed: set = set()
   for members in (c for g in groups.values() for c in _chunks(eqns, g)):
