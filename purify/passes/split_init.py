@@ -20,6 +20,7 @@ lowering composes init and its forward (``lowering.Executable``).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -117,14 +118,20 @@ def init_param(site, root, key=None, batch=None, members=None):
   if key is None and members is None:
     key = keys.param_key(root, site.key_name or site.path)
   base_shape = tuple(site.shape[len(site.stack):])
-  def fn(k):
+  def one(k):
     with user_code():
       return site.init(k, base_shape, site.dtype)
-  for _ in site.stack:
-    fn = jax.vmap(fn)
+  # the group's parameters and their stacks' members: ONE vmap over all their keys
+  # (flattened; a vmap a stacked axis traced the same values with more overhead)
+  lead = ((batch,) if batch is not None else ()) + tuple(site.stack)
+
+  def fn(ks):
+    if not lead:
+      return one(ks)
+    flat = ks.reshape((math.prod(lead),) + tuple(ks.shape[len(lead):]))
+    out = jnp.asarray(jax.vmap(one)(flat))
+    return out.reshape(lead + tuple(out.shape[1:]))
   member_keys = lambda k: keys.fold_batch(k, tuple(site.stack))  # noqa: E731
-  if batch is not None:            # (fold_batch folds each key of a batch)
-    fn = jax.vmap(fn)
   try:
     value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
                        lambda: fn(member_keys(key) if members is None else members))
