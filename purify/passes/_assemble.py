@@ -149,7 +149,7 @@ def resized(closed_jaxpr, n: int):
   value a vector of that length or a scalar; no parameter that holds a shape), on
   vectors of length ``n``: the same equations on new variables. A helper's body is
   written from ONE traced template this way instead of being traced again for each
-  length (tracing the unrolled threefry hash costs ~25 ms a length)."""
+  length (``jax.jit`` tracing the unrolled threefry hash anew: ~10-15 ms; this: ~2)."""
   j = _compat.open_of(closed_jaxpr)
   env: dict = {}
 

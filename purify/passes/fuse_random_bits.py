@@ -243,7 +243,7 @@ def hashed(fn, k1, k2, c1, c2):
   """``fn(k1, k2, c1, c2)`` (one of the jitted hashes below, on uint32
   vectors of one length; any shape, flattened and restored) as ONE call, its body
   written from the traced template (``_assemble.resized``): the same equations as
-  ``jax.jit`` traces for that length, ~1 ms instead of ~25 ms a new length."""
+  ``jax.jit`` traces for that length, ~2 ms instead of ~10-15 ms a new length."""
   shape = tuple(k1.shape)
   n = math.prod(shape)
   if len(shape) != 1:
@@ -331,34 +331,39 @@ def _fold_in_fusable(e) -> bool:
 
 
 # ----------------------------------------------------------------------------- the rewrite
-_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _per_body(fn):
+  """``fn(open jaxpr)`` remembered a body (the bodies of calls are shared objects,
+  asked about once an equation); weakly, so a body's answer dies with it."""
+  cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+  def get(j):
+    hit = cache.get(j)
+    if hit is None:
+      hit = cache[j] = fn(j)
+    return hit
+  return get
+
+
+@_per_body
+def _draws_body(j) -> bool:
+  return any(e.primitive is _compat.random_bits_p for e in iter_eqns(j))
 
 
 def _draws(jaxpr) -> bool:
-  """``jaxpr`` (or a sub-jaxpr) holds a ``random_bits`` (remembered a jaxpr: the
-  bodies of calls are shared objects, asked about once an equation)."""
-  j = _compat.open_of(jaxpr)
-  hit = _DRAWS.get(j)
-  if hit is None:
-    hit = _DRAWS[j] = any(e.primitive is _compat.random_bits_p for e in iter_eqns(j))
-  return hit
+  """``jaxpr`` (or a sub-jaxpr) holds a ``random_bits``."""
+  return _draws_body(_compat.open_of(jaxpr))
 
 
-_ELEMENTWISE_BODY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+@_per_body
+def _elementwise_body(j) -> bool:
+  return not j.constvars and all(e.primitive.name in fuse_init_tails.ELEMENTWISE for e in j.eqns)
 
 
 def _elementwise_call(e) -> bool:
   """A call whose body is elementwise operations only (``jnp.clip``'s): inlined, the
-  initializer tails it sits in are chains fuse-init-tails can share (remembered a
-  body)."""
+  initializer tails it sits in are chains fuse-init-tails can share."""
   cj = e.params["jaxpr"]
-  j = _compat.open_of(cj)
-  hit = _ELEMENTWISE_BODY.get(j)
-  if hit is None:
-    hit = _ELEMENTWISE_BODY[j] = (
-        not _compat.consts_of(cj) and not j.constvars
-        and all(ie.primitive.name in fuse_init_tails.ELEMENTWISE for ie in j.eqns))
-  return hit
+  return not _compat.consts_of(cj) and _elementwise_body(_compat.open_of(cj))
 
 
 def _inline(eqns, subst):
