@@ -46,12 +46,6 @@ def init_group(sites, group_keys, members=None):
   return init_param(sites[0], None, key=group_keys, batch=len(sites), members=members)
 
 
-def member_keys_of(keys_, stack):
-  """The member keys of stacked parameters (``keys.fold_batch`` of each key), for a
-  batch of keys in one vectorized derivation."""
-  return keys.fold_batch(keys_, tuple(stack))
-
-
 def _index_row(x):
   return jax.lax.index_in_dim(x, 0, keepdims=False)
 
@@ -270,15 +264,10 @@ class SplitInit(Pass):
     stack_of = [tuple(program.params[g[0]].stack) for g in groups]
     key_order = sorted(range(len(groups)), key=lambda gi: (len(stack_of[gi]) > 0, stack_of[gi]))
     ordered = [k for gi in key_order for k in groups[gi]]
-    start, pos = {}, 0
-    for gi in key_order:
-      start[gi] = pos
-      pos += len(groups[gi])
-    by_stack: dict = {}                            # stack -> [key slice start, stop)
+    by_stack: dict = {}                            # stack -> how many keys its groups hold
     for gi in key_order:
       if stack_of[gi]:
-        a, b = by_stack.get(stack_of[gi], (start[gi], start[gi]))
-        by_stack[stack_of[gi]] = (a, start[gi] + len(groups[gi]))
+        by_stack[stack_of[gi]] = by_stack.get(stack_of[gi], 0) + len(groups[gi])
 
     def init_fn(root, *args):
       # one output a group (its stacked values when it has several parameters),
@@ -289,11 +278,11 @@ class SplitInit(Pass):
       # operation each, ~0.1 ms), then of each stack's member keys
       plain = [gi for gi in key_order if not stack_of[gi]]
       stacked = list(by_stack)
-      pieces = [len(groups[gi]) for gi in plain] + [b - a for a, b in by_stack.values()]
+      pieces = [len(groups[gi]) for gi in plain] + list(by_stack.values())
       parts = _split(all_keys, pieces) if ordered else []
       group_keys = dict(zip(plain, parts))
       for s, part in zip(stacked, parts[len(plain):]):
-        members = member_keys_of(part, s)
+        members = keys.fold_batch(part, s)
         in_stack = [gi for gi in key_order if stack_of[gi] == s]
         group_keys.update(zip(in_stack, _split(members, [len(groups[gi]) for gi in in_stack])))
       for gi, g in enumerate(groups):
