@@ -229,3 +229,38 @@ def test_batched_key_derivations_equal_their_definitions_folded_one_at_a_time(ro
         np.testing.assert_array_equal(_data(got[(g,) + idx]), _data(want))
     one = keys.fold_batch(many[1], batch)          # a single key
     np.testing.assert_array_equal(_data(one), _data(got[1]))
+
+
+def _key_free_model(x):
+  for i in range(3):
+    x = x * purify.param(f"g_{i}", (4,), init=jax.nn.initializers.ones)
+    x = x + purify.param(f"b_{i}", (4,), init=jax.nn.initializers.zeros)
+    x = x + purify.param(f"c_{i}", (4,), init=jax.nn.initializers.constant(0.25))
+  x = purify.scan(lambda h, _: (h + purify.param("s", (4,), init=jax.nn.initializers.constant(-1.0)), None),
+                  x, None, length=3, param_axes=0)[0]
+  return x
+
+
+def test_key_free_initializers_are_one_call_broadcast_not_a_vmap(monkeypatch):
+  """zeros / ones / constant(v) never read their key: a group of them is the one
+  call broadcast to its rows (no vmap), the same values as one call per parameter."""
+  from purify.passes import split_init
+  assert split_init.key_free(jax.nn.initializers.zeros)
+  assert split_init.key_free(jax.nn.initializers.constant(3.0))
+  assert not split_init.key_free(jax.nn.initializers.normal(0.1))
+  assert not split_init.key_free(SCALED)
+  root = jax.random.key(1)
+  ungrouped = purify.transform(_key_free_model, pipeline=UNGROUPED).init(root, X)
+  vmaps = []
+  real_vmap = jax.vmap
+  monkeypatch.setattr(split_init.jax, "vmap", lambda f, *a, **k: vmaps.append(f) or real_vmap(f, *a, **k))
+  t = purify.transform(_key_free_model)
+  grouped = t.init(root, X)
+  program = t.init.purified.compiled(root, (X,), {})[0].program
+  assert vmaps == []
+  assert sorted(map(len, program.init_groups)) == [1, 3, 3, 3]   # the stacked one alone
+  assert jax.tree_util.tree_structure(grouped) == jax.tree_util.tree_structure(ungrouped)
+  for a, b in zip(jax.tree_util.tree_leaves(grouped), jax.tree_util.tree_leaves(ungrouped)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(grouped["~"]["c_2"], np.full((4,), 0.25, np.float32))
+  np.testing.assert_array_equal(grouped["~"]["s"], np.full((3, 4), -1.0, np.float32))

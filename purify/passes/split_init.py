@@ -105,6 +105,19 @@ def param_keys_fn(root, sites):
   return keys.derive_many(root, ["param:" + (s.key_name or s.path) for s in sites])
 
 
+#: Initializers known never to read their key (by identity; ``constant(v)``'s by its
+#: code): a group of them is ONE call broadcast to the group's rows, not a ``vmap``
+#: (a vmap's setup and batching, ~0.45 ms a group, bought nothing: its output is the
+#: call's, broadcast). Bitwise the same values.
+_KEY_FREE = (jax.nn.initializers.zeros, jax.nn.initializers.ones)
+_KEY_FREE_CODE = (jax.nn.initializers.constant(0.0).__code__,)
+
+
+def key_free(fn) -> bool:
+  """Whether ``fn`` is an initializer known never to read its key."""
+  return fn in _KEY_FREE or getattr(fn, "__code__", None) in _KEY_FREE_CODE
+
+
 def init_param(site, root, key=None, batch=None, members=None):
   """The initial value of one parameter, checked against its declaration (with
   ``key``/``batch``: of ``batch`` parameters like it, one key each; ``members``: a
@@ -122,13 +135,18 @@ def init_param(site, root, key=None, batch=None, members=None):
   def fn(ks):
     if not lead:
       return one(ks)
-    flat = ks.reshape((math.prod(lead),) + tuple(ks.shape[len(lead):]))
+    if key_free(site.init):
+      v = jnp.asarray(one(None))
+      return jax.lax.broadcast_in_dim(v, lead + tuple(v.shape),
+                                      tuple(range(len(lead), len(lead) + v.ndim)))
+    flat = _reshaped(ks, (math.prod(lead),) + tuple(ks.shape[len(lead):]))
     out = jnp.asarray(jax.vmap(one)(flat))
-    return out.reshape(lead + tuple(out.shape[1:]))
+    return _reshaped(out, lead + tuple(out.shape[1:]))
   member_keys = lambda k: keys.fold_batch(k, tuple(site.stack))  # noqa: E731
   try:
     value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
-                       lambda: fn(member_keys(key) if members is None else members))
+                       lambda: fn(members if members is not None else
+                                  None if lead and key_free(site.init) else member_keys(key)))
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
@@ -160,7 +178,13 @@ def _checked(value, site, lead=()):
     if isinstance(site, _context.StateSite):
       msg = msg.replace("parameter", "state").replace("init(key, shape, dtype)", "init(shape, dtype)")
     raise errors.InitializerError(msg)
+  if value.dtype == site.dtype and not jax.typeof(value).weak_type:
+    return value                       # (astype: ~30 us of jnp to stage nothing)
   return value.astype(site.dtype)
+
+
+def _reshaped(x, shape):
+  return x if tuple(x.shape) == shape else x.reshape(shape)
 
 
 def _with_rows(init_cj, groups, param_keys, n_states):
@@ -297,12 +321,10 @@ class SplitInit(Pass):
         outs.append(_initial_state(program.states[k], root, memo))
       return outs
 
-    sds = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
-           for a in arg_avals]
-    key = jax.ShapeDtypeStruct(program.key_aval.shape, program.key_aval.dtype)
-    init_cj = jax.make_jaxpr(init_fn)(key, *sds)
+    key = program.key_aval
+    init_cj = _compat.trace_flat(init_fn, [key, *arg_avals], "purify_init")
     if any(isinstance(c, _compat.Tracer) for c in _compat.consts_of(init_cj)):
-      _blame_leaking_initializer(program, key)
+      _blame_leaking_initializer(program, jax.ShapeDtypeStruct(key.shape, key.dtype))
     init_cj = _with_rows(init_cj, groups, param_keys, len(state_keys))
     keep = [i for i, r in enumerate(program.out_roles) if r[0] != "state_first"]
     apply_cj = _compat.replace_jaxpr(cj, outvars=[j.outvars[i] for i in keep])
