@@ -205,12 +205,16 @@ def _source(g: Graph, e):
   h = g.producer.get(e.invars[0]) if isinstance(e.invars[0], _compat.Var) else None
   if h is None:
     return None
-  he = g.eqns[h]
-  if not (he.primitive is _compat.jit_p and he.params.get("name") == "threefry2x32"
-          and len(he.outvars) == 1):
+  if not _is_hash(g.eqns[h]):
     return None
   (a,), (b,) = e.params["start_indices"], e.params["limit_indices"]
   return h, int(a), int(b)
+
+
+def _is_hash(e) -> bool:
+  """``e`` is a fused hash with one output (``x1 ^ x2``: the bits of 32-bit draws)."""
+  return (e.primitive is _compat.jit_p and len(e.outvars) == 1
+          and e.params.get("name") == "threefry2x32")
 
 
 def _only_returned(g: Graph, v, depth=0) -> bool:
@@ -296,11 +300,19 @@ def fuse_tails(closed_jaxpr):
   if j.effects:
     return closed_jaxpr
   eqns = list(j.eqns)
+  # a run is two slices of one hash at least: none, nothing to do (no graph to build)
+  bits = {e.outvars[0] for e in eqns if _is_hash(e)}
+  sliced: dict = {}
+  for e in eqns:
+    if e.primitive is lax.slice_p and isinstance(e.invars[0], _compat.Var) and e.invars[0] in bits:
+      sliced[e.invars[0]] = sliced.get(e.invars[0], 0) + 1
+  if all(n < 2 for n in sliced.values()):
+    return closed_jaxpr
   g = Graph(eqns, j.outvars, j.invars)
   draws = []              # (hash eqn, start, stop, slice eqn, chain steps), eqn indices
   for i, e in enumerate(eqns):
     src = _source(g, e)
-    if src is not None:
+    if src is not None and sliced[e.invars[0]] > 1:
       steps = chain(g, e.outvars[0], src[2] - src[1])
       end = g.eqns[steps[-1][0]].outvars[0] if steps else e.outvars[0]
       if _only_returned(g, end):
