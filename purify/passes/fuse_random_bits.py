@@ -517,7 +517,10 @@ def fuse(closed_jaxpr):
     new_eqns.extend(spliced.get(i, ()))
     if i not in removed:
       new_eqns.append(e)
-  return _compat.replace_jaxpr(closed_jaxpr, eqns=toposort(new_eqns), outvars=outvars)
+  out = _compat.replace_jaxpr(closed_jaxpr, eqns=toposort(new_eqns), outvars=outvars)
+  if graph is not None:
+    fuse_init_tails.remember_numbers(out, graph)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
