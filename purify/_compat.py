@@ -14,6 +14,7 @@ Differences handled here (see shared/notes/jax-internals.md):
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -134,6 +135,21 @@ def replace_jaxpr(j, **kw):
   if not MERGED and isinstance(j, jcore.ClosedJaxpr):
     return jcore.ClosedJaxpr(j.jaxpr.replace(**kw), j.consts)
   return j.replace(**kw)
+
+
+from jax._src import mesh as _mesh  # noqa: E402
+
+
+def shaped(shape, dtype):
+  """``ShapedArray(shape, dtype)``, the same object for the same arguments (and the
+  current abstract mesh, which its sharding comes from): ~6 us to make, and ResNet-50
+  has 318 states of 18 shapes."""
+  return _shaped(tuple(shape), dtype, _mesh.get_abstract_mesh())
+
+
+@functools.lru_cache(maxsize=4096)
+def _shaped(shape, dtype, mesh):
+  return ShapedArray(shape, dtype)
 
 
 def trace_flat(fn, avals, name: str):

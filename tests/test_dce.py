@@ -292,3 +292,35 @@ def test_toposort_orders_any_shuffle_of_a_program_and_keeps_an_ordered_one(ops, 
   new = _compat.replace_jaxpr(cj, eqns=got)
   _compat.check_jaxpr(new)
   _same_values(cj, new, np.float32(1.5), np.float32(-0.25))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.sampled_from("asm")),
+                min_size=2, max_size=25), st.data())
+def test_insert_blocks_puts_replaced_equations_back_in_a_valid_place(ops, data):
+  # fuse-random-bits / fuse-init-tails replace equations by blocks
+  # (_assemble.insert_blocks): taking equations out of a program and giving them back
+  # as blocks (in any order of blocks, each block in order) gives a program with the
+  # same equations, defined before use, the same values
+  from purify.passes._assemble import insert_blocks
+
+  def f(x, y):
+    vals = [x, y]
+    for a, b, op in ops:
+      u, v = vals[a % len(vals)], vals[b % len(vals)]
+      vals.append(u + v if op == "a" else u - v if op == "s" else u * v)
+    return vals[-1], vals[len(vals) // 2]
+  cj = jax.make_jaxpr(f)(1.0, 2.0)
+  eqns = list(_compat.open_of(cj).eqns)
+  picked = sorted(data.draw(st.sets(st.integers(0, len(eqns) - 1), max_size=len(eqns))))
+  cuts = data.draw(st.lists(st.integers(0, len(picked)), max_size=3))
+  bounds = sorted(set([0, len(picked)] + cuts))
+  blocks = [[eqns[i] for i in picked[a:b]] for a, b in zip(bounds, bounds[1:]) if b > a]
+  if data.draw(st.booleans()):
+    blocks.reverse()
+  got = insert_blocks(eqns, blocks, picked)
+  assert sorted(map(id, got)) == sorted(map(id, eqns))
+  new = _compat.replace_jaxpr(cj, eqns=got)
+  _compat.check_jaxpr(new)
+  _same_values(cj, new, np.float32(1.5), np.float32(-0.25))
+  assert insert_blocks(eqns, [], ()) == eqns

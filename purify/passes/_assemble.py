@@ -109,6 +109,69 @@ def splice(helper, ins, targets, like):
   return eqns
 
 
+def insert_blocks(eqns, blocks, removed=()):
+  """``eqns`` without the equations at the indices ``removed``, with each of
+  ``blocks`` (a list of equations in order, producers before their consumers in
+  the list of blocks too) put where all its operands are defined and before the first
+  use of its results; :func:`toposort` of it all when some block has no such place.
+  The fusing passes replace a few equations by a block each: this costs a lookup an
+  operand, ~5x less than ordering the whole program again."""
+  Literal = _compat.Literal
+  removed = set(removed)
+  defpos: dict = {}
+  for i, e in enumerate(eqns):
+    if i not in removed:
+      for v in e.outvars:
+        defpos[v] = i
+  owner: dict = {}                       # var -> the block that defines it
+  for b, block in enumerate(blocks):
+    for e in block:
+      for v in e.outvars:
+        owner[v] = b
+  at = []
+  for b, block in enumerate(blocks):
+    p = 0
+    for e in block:
+      for v in e.invars:
+        if isinstance(v, Literal):
+          continue
+        o = owner.get(v)
+        if o is None:
+          p = max(p, defpos.get(v, -1) + 1)
+        elif o != b:
+          if o > b:                        # (a block listed before its producer)
+            return toposort(_flat(eqns, blocks, removed))
+          p = max(p, at[o])
+    at.append(p)
+  first_use = [len(eqns)] * len(blocks)
+  for i, e in enumerate(eqns):
+    if i in removed:
+      continue
+    for v in e.invars:
+      if not isinstance(v, Literal):
+        o = owner.get(v)
+        if o is not None and i < first_use[o]:
+          first_use[o] = i
+  if any(p > u for p, u in zip(at, first_use)):
+    return toposort(_flat(eqns, blocks, removed))
+  before: dict = {}
+  for b, p in enumerate(at):
+    before.setdefault(p, []).append(b)
+  out = []
+  for i, e in enumerate(eqns):
+    for b in before.get(i, ()):
+      out.extend(blocks[b])
+    if i not in removed:
+      out.append(e)
+  for b in before.get(len(eqns), ()):
+    out.extend(blocks[b])
+  return out
+
+
+def _flat(eqns, blocks, removed):
+  return [e for i, e in enumerate(eqns) if i not in removed] + [e for b in blocks for e in b]
+
+
 def toposort(eqns):
   """``eqns`` in an order where every operand is defined before its use: list order,
   except that an equation with an operand not yet defined waits, and follows the

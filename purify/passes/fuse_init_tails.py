@@ -51,7 +51,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import splice, toposort
+from purify.passes._assemble import insert_blocks, splice
 from purify.passes.base import Pass
 from purify.passes.split_init import ROWS_CALL
 
@@ -360,11 +360,10 @@ def fuse_tails(closed_jaxpr):
   for run in runs:
     length = _shared_length([_descs(x) for x in run])
     if length:
-      new.extend(_shared(g, run, length, drop))
+      new.append(_shared(g, run, length, drop))
   if not new:
     return closed_jaxpr
-  kept = [e for i, e in enumerate(eqns) if i not in drop]
-  return _compat.replace_jaxpr(closed_jaxpr, eqns=toposort(kept + new))
+  return _compat.replace_jaxpr(closed_jaxpr, eqns=insert_blocks(eqns, new, drop))
 
 
 def _eqn(like, prim, ins, outs, **params):

@@ -512,6 +512,9 @@ def fuse(closed_jaxpr):
         removed.add(i)
   if not spliced:
     return closed_jaxpr
+  # (not _assemble.insert_blocks: a fused hash takes the keys of all its draws, and
+  # a draw's key is wrapped (``random_wrap``) in its initializer, after the first
+  # draw's uses: the program is ordered again in any case)
   new_eqns = []
   for i, e in enumerate(eqns):
     new_eqns.extend(spliced.get(i, ()))

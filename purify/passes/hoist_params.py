@@ -29,7 +29,7 @@ class _Hoist(_thread.ThreadingPass):
 
   def compute_aval(self, ch):
     site = self.program.params[(ch[1], ch[2])]
-    return _compat.ShapedArray(site.shape, site.dtype)
+    return _compat.shaped(site.shape, site.dtype)
 
 
 def _param_leaf(pass_, rw, eqn):

@@ -52,7 +52,7 @@ class _State(_thread.ThreadingPass):
     if ch[0] == BORN:
       return _BOOL
     st = self.program.states[(ch[1], ch[2])]
-    return _compat.ShapedArray(st.shape, st.dtype)
+    return _compat.shaped(st.shape, st.dtype)
 
   def reads_input(self, rw, ch):
     return rw.depth > 0 or ch[0] == "state"
