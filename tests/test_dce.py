@@ -267,6 +267,17 @@ def test_verify_pure_checked_mode_finds_a_hidden_effect_primitive():
       jax.jit(jcore.jaxpr_as_fun(j)).lower(*args)
 
 
+def _arith_program(ops):
+  """A program of two inputs and ``ops`` (operand indices, add/sub/mul) on them."""
+  def f(x, y):
+    vals = [x, y]
+    for a, b, op in ops:
+      u, v = vals[a % len(vals)], vals[b % len(vals)]
+      vals.append(u + v if op == "a" else u - v if op == "s" else u * v)
+    return vals[-1], vals[len(vals) // 2]
+  return jax.make_jaxpr(f)(1.0, 2.0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.sampled_from("asm")),
                 min_size=1, max_size=25), st.randoms(use_true_random=False))
@@ -275,14 +286,7 @@ def test_toposort_orders_any_shuffle_of_a_program_and_keeps_an_ordered_one(ops, 
   # order with _assemble.toposort: any shuffle of a program's equations comes back
   # defined-before-use, the same equations, the same values; an ordered list as is
   from purify.passes._assemble import toposort
-
-  def f(x, y):
-    vals = [x, y]
-    for a, b, op in ops:
-      u, v = vals[a % len(vals)], vals[b % len(vals)]
-      vals.append(u + v if op == "a" else u - v if op == "s" else u * v)
-    return vals[-1], vals[len(vals) // 2]
-  cj = jax.make_jaxpr(f)(1.0, 2.0)
+  cj = _arith_program(ops)
   eqns = list(_compat.open_of(cj).eqns)
   assert toposort(eqns) == eqns
   shuffled = eqns[:]
@@ -303,14 +307,7 @@ def test_insert_blocks_puts_replaced_equations_back_in_a_valid_place(ops, data):
   # as blocks (in any order of blocks, each block in order) gives a program with the
   # same equations, defined before use, the same values
   from purify.passes._assemble import insert_blocks
-
-  def f(x, y):
-    vals = [x, y]
-    for a, b, op in ops:
-      u, v = vals[a % len(vals)], vals[b % len(vals)]
-      vals.append(u + v if op == "a" else u - v if op == "s" else u * v)
-    return vals[-1], vals[len(vals) // 2]
-  cj = jax.make_jaxpr(f)(1.0, 2.0)
+  cj = _arith_program(ops)
   eqns = list(_compat.open_of(cj).eqns)
   picked = sorted(data.draw(st.sets(st.integers(0, len(eqns) - 1), max_size=len(eqns))))
   cuts = data.draw(st.lists(st.integers(0, len(picked)), max_size=3))

@@ -114,8 +114,8 @@ def insert_blocks(eqns, blocks, removed=()):
   ``blocks`` (a list of equations in order, producers before their consumers in
   the list of blocks too) put where all its operands are defined and before the first
   use of its results; :func:`toposort` of it all when some block has no such place.
-  The fusing passes replace a few equations by a block each: this costs a lookup an
-  operand, ~5x less than ordering the whole program again."""
+  The fusing passes replace a few equations by a block each: a lookup an operand,
+  not the whole program ordered again."""
   Literal = _compat.Literal
   removed = set(removed)
   defpos: dict = {}

@@ -131,11 +131,12 @@ def init_param(site, root, key=None, batch=None, members=None):
   # the group's parameters and their stacks' members: ONE vmap over all their keys
   # (flattened; a vmap a stacked axis traced the same values with more overhead)
   lead = ((batch,) if batch is not None else ()) + tuple(site.stack)
+  free = bool(lead) and key_free(site.init)
 
   def fn(ks):
     if not lead:
       return one(ks)
-    if key_free(site.init):
+    if free:
       v = jnp.asarray(one(None))
       return jax.lax.broadcast_in_dim(v, lead + tuple(v.shape),
                                       tuple(range(len(lead), len(lead) + v.ndim)))
@@ -146,7 +147,7 @@ def init_param(site, root, key=None, batch=None, members=None):
   try:
     value = _call_init("parameter", site, f"init(key, {base_shape}, {site.dtype})",
                        lambda: fn(members if members is not None else
-                                  None if lead and key_free(site.init) else member_keys(key)))
+                                  None if free else member_keys(key)))
   except jax.errors.UnexpectedTracerError as e:
     raise errors.InitializerError(errors.INITIALIZER_TRACER.format(
         path=site.path, tracer=str(e).splitlines()[0][:200])) from None
