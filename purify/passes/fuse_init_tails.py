@@ -321,17 +321,19 @@ def fuse_tails(closed_jaxpr):
   eqns = list(j.eqns)
   # a run is two slices of one hash at least: none, nothing to do (no graph to build)
   bits = {e.outvars[0] for e in eqns if _is_hash(e)}
+  slices = [i for i, e in enumerate(eqns) if e.primitive is lax.slice_p
+            and isinstance(e.invars[0], _compat.Var) and e.invars[0] in bits]
   sliced: dict = {}
-  for e in eqns:
-    if e.primitive is lax.slice_p and isinstance(e.invars[0], _compat.Var) and e.invars[0] in bits:
-      sliced[e.invars[0]] = sliced.get(e.invars[0], 0) + 1
+  for i in slices:
+    sliced[eqns[i].invars[0]] = sliced.get(eqns[i].invars[0], 0) + 1
   if all(n < 2 for n in sliced.values()):
     return closed_jaxpr
   g = Graph(eqns, j.outvars, j.invars, numbered=numbers_of(closed_jaxpr))
   draws = []              # (hash eqn, start, stop, slice eqn, chain steps), eqn indices
-  for i, e in enumerate(eqns):
-    src = _source(g, e)
-    if src is not None and sliced[e.invars[0]] > 1:
+  for i in slices:        # (only the slices of a hash can start a draw's chain)
+    e = eqns[i]
+    src = _source(g, e) if sliced[e.invars[0]] > 1 else None
+    if src is not None:
       steps = chain(g, e.outvars[0], src[2] - src[1])
       end = g.eqns[steps[-1][0]].outvars[0] if steps else e.outvars[0]
       if _only_returned(g, end):
