@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import given, settings, strategies as st
 from jax.extend import core as jcore
 
 import purify
@@ -255,3 +256,42 @@ def test_the_written_out_hash_is_the_primitive_bitwise_and_its_calls_are_templat
       want = fn(*ws)
       for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_block_is_the_largest_common_divisor_up_to_the_cap():
+  assert fuse_random_bits._block([64 * 147, 3 * 3 * 64 * 64, 2048 * 1000]) == 64
+  assert fuse_random_bits._block([4096, 8192]) == fuse_random_bits.MAX_BLOCK
+  assert fuse_random_bits._block([3 * 1000, 3 * 1000]) == 1000     # a divisor of 3000, <= 1024
+  assert fuse_random_bits._block([12, 20]) == 1                     # gcd 4 < MIN_BLOCK
+  assert fuse_random_bits._block([7, 14]) == 1                      # 7 < MIN_BLOCK
+  assert fuse_random_bits._block([8, 24]) == 8
+
+
+_SPEC = st.tuples(st.sampled_from([(), (1,), (3,), (2, 2)]),
+                  st.sampled_from([(), (1,), (8,), (3, 8), (16,), (5,), (2, 12), (40,)]),
+                  st.sampled_from([8, 16, 32]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_SPEC, min_size=1, max_size=5))
+def test_fused_draws_are_jax_draws_in_blocks_or_one_an_element(specs):
+  """Any draws (key batches, element shapes, widths): each is bitwise
+  ``jax.random.bits`` of its keys, whether the hash's operands are looked up once a
+  block of one key's elements (the sizes share a factor >= MIN_BLOCK) or once an
+  element; and in the block form the lookup (the one gather) has a row a block."""
+  specs = tuple(specs)
+  keys = [jax.random.split(jax.random.key(i), b) if b else jax.random.key(i)
+          for i, (b, _, _) in enumerate(specs)]
+  got = jax.jit(fused_random_bits(specs))(*keys)
+  for k, (b, shape, w), g in zip(keys, specs, got):
+    draw = lambda kk, shape=shape, w=w: jax.random.bits(kk, shape, np.dtype(f"uint{w}"))  # noqa: E731
+    want = draw(k) if not b else jax.vmap(draw)(k.reshape(-1)).reshape(b + shape)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(want))
+  sizes = [int(np.prod(s)) for b, s, _ in specs for _ in range(int(np.prod(b)))]
+  cj = jax.make_jaxpr(fused_random_bits(specs))(*keys)
+  gathers = [e for e in iter_eqns(cj) if e.primitive.name == "gather"]
+  if len(sizes) > 1 and sum(sizes) < 2 ** 32:
+    block = fuse_random_bits._block(sizes)
+    assert [tuple(e.outvars[0].aval.shape) for e in gathers] == [(sum(sizes) // block, 3)]
+  else:
+    assert not gathers
