@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _values import assert_same_values
 
 import purify
 from purify import lowering
@@ -23,15 +24,6 @@ def model(x):
     x = jnp.tanh(x @ purify.param(f"w{i}", (4, 4), init=jax.nn.initializers.lecun_normal()))
     x = x + purify.param(f"b{i}", (4,), init=jax.nn.initializers.zeros)
   return x * purify.param("s", (), init=jax.nn.initializers.ones)
-
-
-def leaves_bitwise_equal(a, b):
-  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and la
-  for x, y in zip(la, lb):
-    x, y = np.atleast_1d(np.asarray(x)), np.atleast_1d(np.asarray(y))
-    assert x.shape == y.shape and x.dtype == y.dtype
-    np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
 
 
 def init_exec(t, x, key):
@@ -72,7 +64,7 @@ def test_the_fused_hash_is_a_program_of_its_own():
   assert not hash_calls(plan.first)
   n_hash = len(plan.hashes.jaxpr.outvars)
   assert len(plan.first.jaxpr.invars) == 2 + n_hash      # key, x, then the hash's outputs
-  leaves_bitwise_equal(t.init(key, x), jax.jit(t.init)(key, x))
+  assert_same_values(t.init(key, x), jax.jit(t.init)(key, x))
 
 
 def test_hashes_larger_than_one_chunk_stay_in_the_program(monkeypatch):
@@ -85,7 +77,7 @@ def test_hashes_larger_than_one_chunk_stay_in_the_program(monkeypatch):
   monkeypatch.setattr(fuse_random_bits, "MAX_FUSED_ELEMENTS", hashed // 2 - 1)
   ex = lowering.Executable(c.program.init_jaxpr, "init", staged=True)
   assert ex.plan is not None and ex.plan.hashes is None            # rows only
-  leaves_bitwise_equal(ex(key, x), want)
+  assert_same_values(ex(key, x), want)
 
 
 def bn_model(x, is_training=True):
@@ -110,12 +102,12 @@ def test_init_forward_is_apply_and_the_first_apply_finds_it_compiled():
   assert c.apply_exec._jitted._cache_size() == before + 1
   t.apply(eager[0], eager[1], None, x)                      # same shapes: compiled by init
   assert c.apply_exec._jitted._cache_size() == before + 1
-  leaves_bitwise_equal(eager, purify.transform_with_state(bn_model, pipeline=UNGROUPED).init(key, x))
+  assert_same_values(eager, purify.transform_with_state(bn_model, pipeline=UNGROUPED).init(key, x))
   # traced, init is one program: the parameters are bitwise the same; the first values
   # written are computed by the same operations, which XLA may fuse differently once
   # the weights are computed in the same program (an ulp)
   traced = jax.jit(t.init)(key, x)
-  leaves_bitwise_equal(eager[0], traced[0])
+  assert_same_values(eager[0], traced[0])
   for a, b in zip(jax.tree_util.tree_leaves(eager[1]), jax.tree_util.tree_leaves(traced[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   # the moving averages start at the first values written (not zeros): apply's
@@ -143,7 +135,7 @@ def test_init_forward_is_a_program_of_its_own_when_the_first_value_is_not_the_la
   _, new = t.apply(params, state, None, x)
   np.testing.assert_array_equal(new["~"]["s"], np.asarray(x).sum(0) * 3.0)   # the last one
   traced = jax.jit(t.init)(key, x)
-  leaves_bitwise_equal((params, state), traced)
+  assert_same_values((params, state), traced)
   assert "init forward (the forward below" in str(c.program)
 
 
@@ -151,8 +143,8 @@ def test_eager_init_is_bitwise_the_traced_and_the_ungrouped_init():
   x, key = jnp.ones((2, 4)), jax.random.PRNGKey(3)
   eager = purify.transform(model).init(key, x)
   traced = jax.jit(purify.transform(model).init)(key, x)   # binds the whole program
-  leaves_bitwise_equal(eager, traced)
-  leaves_bitwise_equal(eager, purify.transform(model, pipeline=UNGROUPED).init(key, x))
+  assert_same_values(eager, traced)
+  assert_same_values(eager, purify.transform(model, pipeline=UNGROUPED).init(key, x))
   assert not np.array_equal(eager["~"]["w0"], eager["~"]["w1"])
 
 
@@ -194,7 +186,7 @@ def test_a_small_slice_of_a_large_value_is_computed_in_the_program():
   plan = init_exec(t, x, key).plan
   shapes = sorted(v.aval.shape for v in plan.first.jaxpr.outvars)
   assert (4,) in shapes and (1000,) not in shapes
-  leaves_bitwise_equal(t.init(key, x), jax.jit(t.init)(key, x))
+  assert_same_values(t.init(key, x), jax.jit(t.init)(key, x))
 
 
 def test_rows_follow_the_key_device_and_commitment():
@@ -213,7 +205,7 @@ def test_device_path_takes_rows_with_one_program_per_stacked_shape(monkeypatch):
   monkeypatch.setattr(lowering, "_on_host", lambda arr: False)
   lowering._device_views.cache_clear()
   got = purify.transform(model).init(key, x)
-  leaves_bitwise_equal(got, want)
+  assert_same_values(got, want)
   assert lowering._device_views.cache_info().currsize == 1     # the (3, 4, 4) rows'
   purify.transform(model).init(key, x)
   assert lowering._device_views.cache_info().hits == 1
