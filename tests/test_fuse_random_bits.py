@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from jax.extend import core as jcore
 
@@ -294,3 +295,22 @@ def test_fused_draws_are_jax_draws_in_blocks_or_one_an_element(specs):
     assert [tuple(e.outvars[0].aval.shape) for e in gathers] == [(sum(sizes) // block, 3)]
   else:
     assert not gathers
+
+
+@pytest.mark.parametrize("key_shape,msg_shape", [((), (7,)), ((7,), (7,)), ((2, 3), ()),
+                                                 ((), ()), ((4, 1), (1, 5))])
+def test_written_out_fold_in_is_jax_fold_in_and_one_kernel_a_fold(key_shape, msg_shape):
+  """Bitwise ``jax.random.fold_in`` of any broadcast keys and messages; both halves
+  of the new keys come from ONE call of the hash (one kernel, not one a half)."""
+  n = int(np.prod(key_shape))
+  ks = jax.random.split(jax.random.key(3), n).reshape(key_shape) if key_shape else jax.random.key(3)
+  msgs = np.arange(int(np.prod(msg_shape)), dtype=np.uint32).reshape(msg_shape) + np.uint32(11)
+  shape = np.broadcast_shapes(key_shape, msg_shape)
+  got = fuse_random_bits.threefry_fold_in(ks, msgs)
+  flat_k = jnp.broadcast_to(ks, shape).reshape(-1)
+  want = jax.vmap(jax.random.fold_in)(flat_k, np.broadcast_to(msgs, shape).reshape(-1))
+  np.testing.assert_array_equal(jax.random.key_data(got),
+                                jax.random.key_data(want).reshape(shape + (2,)))
+  cj = jax.make_jaxpr(fuse_random_bits.threefry_fold_in.__wrapped__)(ks, msgs)
+  hashes = [e for e in _compat.open_of(cj).eqns if e.primitive is _compat.jit_p]
+  assert len(hashes) == 1 and len(hashes[0].outvars) == 1
