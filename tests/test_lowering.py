@@ -53,10 +53,15 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
   assert sorted(len(e.outvars) for e in calls) == [3, 3]
 
 
+def two_draws(x):
+  """``model`` and a uniform draw: two tails read the fused hash's bits."""
+  return model(x) + purify.param("u", (4,), init=jax.nn.initializers.uniform(0.1)).sum()
+
+
 def test_the_fused_hash_is_a_program_of_its_own():
   """XLA CPU would repeat the hash in every kernel that reads its bits: an eager init
   computes it first, in a program of its own, and feeds its outputs to the rest."""
-  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  t, x, key = purify.transform(two_draws), jnp.ones((2, 4)), jax.random.PRNGKey(1)
   plan = init_exec(t, x, key).plan
   hash_calls = lambda j: [e for e in j.jaxpr.eqns if e.primitive.name in ("jit", "pjit")  # noqa: E731
                           and e.params["name"] == "threefry2x32"]
@@ -67,10 +72,22 @@ def test_the_fused_hash_is_a_program_of_its_own():
   assert_same_values(t.init(key, x), jax.jit(t.init)(key, x))
 
 
+def test_a_hash_read_once_stays_in_the_program():
+  """One draw (``model``'s one group of weights): its bits are read by one tail,
+  into which XLA fuses the hash once; a program apart would only add a compile."""
+  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  ex = init_exec(t, x, key)
+  assert ex.plan is None or ex.plan.hashes is None
+  calls = [e for e in ex.jaxpr.jaxpr.eqns if e.primitive.name in ("jit", "pjit")
+           and e.params["name"] == "threefry2x32"]
+  assert len(calls) == 1
+  assert_same_values(t.init(key, x), jax.jit(t.init)(key, x))
+
+
 def test_hashes_larger_than_one_chunk_stay_in_the_program(monkeypatch):
   """Bounded memory: the hashes' outputs would all be live at once."""
   from purify.passes import fuse_random_bits
-  t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
+  t, x, key = purify.transform(two_draws), jnp.ones((2, 4)), jax.random.PRNGKey(1)
   c = t.init.purified.compiled(key, (x,), {})[0]
   hashed = sum(math.prod(v.aval.shape) for v in c.init_exec.plan.hashes.jaxpr.outvars)
   want = c.init_exec(key, x)
