@@ -268,6 +268,13 @@ def _hash_eqn(fn, dtypes):
   return e
 
 
+@functools.lru_cache(maxsize=64)
+def _body(e, n):
+  """The template's body on vectors of length ``n``: ONE object a length, so calls of
+  the same hash and length (the keys' two folds) share a body, lowered once."""
+  return resized(e.params["jaxpr"], n)
+
+
 def hashed(fn, *xs):
   """``fn(k1, k2, c1, c2, ...)`` (one of the jitted hashes above, on vectors of one
   length; any shape, flattened and restored) as ONE call, its body written from the
@@ -278,7 +285,7 @@ def hashed(fn, *xs):
   if len(shape) != 1:
     xs = [lax.reshape(x, (n,)) for x in xs]
   e = _hash_eqn(fn, tuple(np.dtype(x.dtype) for x in xs))
-  outs = _compat.jit_p.bind(*xs, **dict(e.params, jaxpr=resized(e.params["jaxpr"], n)))
+  outs = _compat.jit_p.bind(*xs, **dict(e.params, jaxpr=_body(e, n)))
   return [x if len(shape) == 1 else lax.reshape(x, shape) for x in outs]
 
 
