@@ -1,6 +1,7 @@
 """fuse-init-tails: the tails of alike init draws (the elementwise computation from
 the bits to the values, up to a per-group scale) are computed once on the hash's
-slice that holds them; bitwise the values of the init without the pass, of the
+slice that holds them; the values (bitwise where XLA allows, see _values) of the
+init without the pass, of the
 ungrouped and unfused init, and of a hand-written pure-JAX reference."""
 import math
 
@@ -54,7 +55,7 @@ def reference(root, inits=None):
   return {"~": out}
 
 
-def test_alike_tails_share_one_erf_inv_and_the_values_are_bitwise():
+def test_alike_tails_share_one_erf_inv_and_the_values_are_the_same():
   x, root = jnp.ones(2), jax.random.key(3)
   stages = dict(purify.explain(model, x, key=root))
   before = stages["fuse_random_bits"].init_jaxpr
@@ -163,7 +164,7 @@ def test_cheap_tails_and_reused_values_are_left_alone():
           purify.transform(twice_model, pipeline=NOTHING_FUSED).init(root, x))
 
 
-def test_stacked_groups_and_the_scanned_transformer_are_bitwise():
+def test_stacked_groups_and_the_scanned_transformer_are_the_same():
   lm = lambda tok: purify.nn.TransformerLM(11, 8, 2, 2, max_len=4, scan_layers=True)(  # noqa: E731
       tok, is_training=False)
   tok, root = jnp.zeros((1, 4), jnp.int32), jax.random.PRNGKey(6)

@@ -1,5 +1,6 @@
 """The fuse-random-bits pass: init's independent threefry draws share ONE threefry2x32
-hash, and every initial value is bitwise what the pipeline without the pass gives
+hash, and every initial value is what the pipeline without the pass gives (bitwise
+where XLA's math does not depend on a kernel's shape, see _values)
 (ResNet, TransformerLM, an MLP of assorted initializers, raw and typed root keys,
 8/16/32/64-bit draws); a program with nothing to fuse is left as it is."""
 import functools
@@ -40,7 +41,7 @@ def draws(jaxpr):
 
 
 def check_init(f, *args, with_state=False, root=TYPED):
-  """init with and without the pass: bitwise equal; returns the explain stages and
+  """init with and without the pass: the same values (``_values``); returns the explain stages and
   the fused init's values."""
   make = purify.transform_with_state if with_state else purify.transform
   got = make(f).init(root, *args)
@@ -76,12 +77,12 @@ def resnet(x, is_training):
   return net(x, is_training)
 
 
-def test_resnet_init_is_bitwise_the_unfused_init():
+def test_resnet_init_is_the_unfused_init():
   stages, _ = check_init(resnet, jnp.ones((1, 16, 16, 3)), True, with_state=True)
   assert check_fused_to_one(stages) >= 4         # the convs' truncated normals, by shape
 
 
-def test_transformer_lm_init_is_bitwise_the_unfused_init():
+def test_transformer_lm_init_is_the_unfused_init():
   """Stacked layers (scan_layers: one vmapped initializer call per stack) and a raw
   ``PRNGKey`` root."""
   lm = lambda tok: purify.nn.TransformerLM(11, 8, 2, 2, max_len=4, scan_layers=True)(  # noqa: E731
@@ -114,7 +115,7 @@ def mlp(x):
   return x + jax.random.uniform(purify.next_rng_key(), x.shape)   # apply-only draw
 
 
-def test_mlp_of_assorted_initializers_is_bitwise_the_unfused_init():
+def test_mlp_of_assorted_initializers_is_the_unfused_init():
   """Also against JAX directly: each parameter has the values of its own initializer
   called on its own key (under jit, as init runs)."""
   stages, params = check_init(mlp, jnp.ones((2, 4)), root=RAW)

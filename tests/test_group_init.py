@@ -1,5 +1,6 @@
 """The group-init pass: parameters sharing (shape, dtype, stack, initializer) are
-initialized by one vmapped call; values are bitwise those of one call per parameter."""
+initialized by one vmapped call; values are those of one call per parameter
+(bitwise where XLA's math does not depend on a kernel's shape, see _values)."""
 import functools
 
 import jax
@@ -48,7 +49,7 @@ def _groups(pipeline=None):
   return c.program, t
 
 
-def test_grouped_init_is_bitwise_the_ungrouped_init():
+def test_grouped_init_is_the_ungrouped_init():
   root = jax.random.key(3)
   grouped = purify.transform(model).init(root, X)
   ungrouped = purify.transform(model, pipeline=UNGROUPED).init(root, X)

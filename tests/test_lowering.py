@@ -1,8 +1,9 @@
 """Lowering: an eager init compiles the program without its per-member row outputs
 (each stacked group returned once) and takes the rows apart after the run — on CPU
 on the host, elsewhere with one jitted dynamic-index program per stacked shape. The
-values are bitwise those of the whole program bound under a trace, and of the
-ungrouped init; the outputs are ordinary arrays (donatable, on the key's device)."""
+values are those of the whole program bound under a trace, and of the
+ungrouped init (bitwise where XLA's math does not depend on a kernel's shape, see
+_values); the outputs are ordinary arrays (donatable, on the key's device)."""
 import math
 
 import jax
@@ -120,7 +121,7 @@ def test_init_forward_is_apply_and_the_first_apply_finds_it_compiled():
   t.apply(eager[0], eager[1], None, x)                      # same shapes: compiled by init
   assert c.apply_exec._jitted._cache_size() == before + 1
   assert_same_values(eager, purify.transform_with_state(bn_model, pipeline=UNGROUPED).init(key, x))
-  # traced, init is one program: the parameters are bitwise the same; the first values
+  # traced, init is one program: the parameters are the same (_values); the first values
   # written are computed by the same operations, which XLA may fuse differently once
   # the weights are computed in the same program (an ulp)
   traced = jax.jit(t.init)(key, x)
@@ -156,7 +157,7 @@ def test_init_forward_is_a_program_of_its_own_when_the_first_value_is_not_the_la
   assert "init forward (the forward below" in str(c.program)
 
 
-def test_eager_init_is_bitwise_the_traced_and_the_ungrouped_init():
+def test_eager_init_is_the_traced_and_the_ungrouped_init():
   x, key = jnp.ones((2, 4)), jax.random.PRNGKey(3)
   eager = purify.transform(model).init(key, x)
   traced = jax.jit(purify.transform(model).init)(key, x)   # binds the whole program

@@ -130,6 +130,12 @@ def test_layer_norm_scale_offset_at_call_time_and_initializers():
     purify.transform(lambda x: pnn.LayerNorm(-1, False, True, scale_init=jnp.ones)(x)).init(KEY, x)
   with pytest.raises(ValueError, match="create_offset=True"):
     purify.transform(lambda x: pnn.LayerNorm(-1, True, True)(x, offset=o)).init(KEY, x)
+  # a scale or offset that does not broadcast to the input's shape is named
+  for bad in (normal(3, (3,)), normal(3, (5, 2, 4))):
+    with pytest.raises(ValueError, match=r"LayerNorm: scale of shape .* does not broadcast"):
+      purify.transform(lambda x: pnn.LayerNorm(-1, False, False)(x, bad)).init(KEY, x)
+  with pytest.raises(ValueError, match=r"LayerNorm: offset of shape \(3,\)"):
+    purify.transform(lambda x: pnn.LayerNorm(-1, False, False)(x, s, normal(3, (3,)))).init(KEY, x)
 
 
 def test_layer_norm_fast_variance_is_the_moment_formula():

@@ -90,6 +90,13 @@ def _scale_and_offset(module, shape, dtype, scale, offset):
   return scale, offset
 
 
+def _broadcasts_to(shape, target) -> bool:
+  try:
+    return np.broadcast_shapes(shape, target) == tuple(target)
+  except ValueError:
+    return False
+
+
 class LayerNorm(purify.Module):
   """Layer normalization (https://arxiv.org/abs/1607.06450) over ``axis``.
 
@@ -126,10 +133,15 @@ class LayerNorm(purify.Module):
       variance = jnp.var(inputs, axis=axis, keepdims=True)
     scale, offset = _scale_and_offset(self, _param_shape(self.param_axis, inputs),
                                       inputs.dtype, scale, offset)
-    scale = jnp.broadcast_to(scale, inputs.shape)
-    offset = jnp.broadcast_to(offset, inputs.shape)
-    mean = jnp.broadcast_to(mean, inputs.shape)
+    for name, v in (("scale", scale), ("offset", offset)):
+      if not _broadcasts_to(np.shape(v), inputs.shape):
+        raise ValueError(f"{type(self).__name__}: {name} of shape {np.shape(v)} does not "
+                         f"broadcast to the input's shape {inputs.shape}; pass one that does "
+                         f"(e.g. of shape {inputs.shape[-1:]})")
     eps = jax.lax.convert_element_type(self.eps, variance.dtype)
+    # broadcast by the operations, not by jnp.broadcast_to first (Haiku's form): the
+    # same values; with explicit full-shape broadcasts XLA CPU kept two more copies of
+    # the scanned Transformer's stacked activations, its train step ~3% slower
     return scale * jax.lax.rsqrt(variance + eps) * (inputs - mean) + offset
 
 
