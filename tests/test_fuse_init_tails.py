@@ -1,8 +1,8 @@
 """fuse-init-tails: the tails of alike init draws (the elementwise computation from
 the bits to the values, up to a per-group scale) are computed once on the hash's
 slice that holds them; the values (bitwise where XLA allows, see _values) of the
-init without the pass, of the
-ungrouped and unfused init, and of a hand-written pure-JAX reference."""
+init without the pass, of the ungrouped and unfused init, and of a hand-written
+pure-JAX reference."""
 import math
 
 import jax
@@ -108,7 +108,7 @@ def test_a_product_right_after_a_product_is_not_spread():
   assert stages["fuse_init_tails"].init_jaxpr is stages["fuse_random_bits"].init_jaxpr
   assert count(stages["verify_pure"].init_jaxpr, "erf_inv") == len(SHAPES)
   assert_same_values(purify.transform(f).init(root, x),
-          purify.transform(f, pipeline=NOTHING_FUSED).init(root, x))
+                     purify.transform(f, pipeline=NOTHING_FUSED).init(root, x))
 
 
 def test_a_draw_that_goes_on_into_arithmetic_is_not_shared():
@@ -123,7 +123,7 @@ def test_a_draw_that_goes_on_into_arithmetic_is_not_shared():
   stages = dict(purify.explain(f, x, key=root))
   assert stages["fuse_init_tails"].init_jaxpr is stages["fuse_random_bits"].init_jaxpr
   assert_same_values(purify.transform(f).init(root, x),
-          purify.transform(f, pipeline=NOTHING_FUSED).init(root, x))
+                     purify.transform(f, pipeline=NOTHING_FUSED).init(root, x))
 
 
 def test_tails_with_different_bounds_are_not_shared():
@@ -161,7 +161,7 @@ def test_cheap_tails_and_reused_values_are_left_alone():
   stages = dict(purify.explain(twice_model, x, key=root))
   assert count(stages["verify_pure"].init_jaxpr, "erf_inv") == len(SHAPES)
   assert_same_values(purify.transform(twice_model).init(root, x),
-          purify.transform(twice_model, pipeline=NOTHING_FUSED).init(root, x))
+                     purify.transform(twice_model, pipeline=NOTHING_FUSED).init(root, x))
 
 
 def test_stacked_groups_and_the_scanned_transformer_are_the_same():

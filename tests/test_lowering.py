@@ -54,6 +54,12 @@ def test_plan_finds_the_stacked_rows_and_drops_their_slices():
   assert sorted(len(e.outvars) for e in calls) == [3, 3]
 
 
+def hash_calls(closed_jaxpr):
+  """The fused hash's calls at the top level of a program."""
+  return [e for e in closed_jaxpr.jaxpr.eqns if e.primitive.name in ("jit", "pjit")
+          and e.params["name"] == "threefry2x32"]
+
+
 def two_draws(x):
   """``model`` and a uniform draw: two tails read the fused hash's bits."""
   return model(x) + purify.param("u", (4,), init=jax.nn.initializers.uniform(0.1)).sum()
@@ -64,8 +70,6 @@ def test_the_fused_hash_is_a_program_of_its_own():
   computes it first, in a program of its own, and feeds its outputs to the rest."""
   t, x, key = purify.transform(two_draws), jnp.ones((2, 4)), jax.random.PRNGKey(1)
   plan = init_exec(t, x, key).plan
-  hash_calls = lambda j: [e for e in j.jaxpr.eqns if e.primitive.name in ("jit", "pjit")  # noqa: E731
-                          and e.params["name"] == "threefry2x32"]
   assert plan.hashes is not None and len(hash_calls(plan.hashes)) == 1
   assert not hash_calls(plan.first)
   n_hash = len(plan.hashes.jaxpr.outvars)
@@ -79,9 +83,7 @@ def test_a_hash_read_once_stays_in_the_program():
   t, x, key = purify.transform(model), jnp.ones((2, 4)), jax.random.PRNGKey(1)
   ex = init_exec(t, x, key)
   assert ex.plan is None or ex.plan.hashes is None
-  calls = [e for e in ex.jaxpr.jaxpr.eqns if e.primitive.name in ("jit", "pjit")
-           and e.params["name"] == "threefry2x32"]
-  assert len(calls) == 1
+  assert len(hash_calls(ex.jaxpr)) == 1
   assert_same_values(t.init(key, x), jax.jit(t.init)(key, x))
 
 
