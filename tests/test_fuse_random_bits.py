@@ -61,6 +61,10 @@ def check_fused_to_one(stages):
   assert before[0] >= 2 and before[1] == 0, before
   assert draws(stages["fuse_random_bits"].init_jaxpr) == (0, 1)
   assert draws(stages["verify_pure"].init_jaxpr) == (0, 1)
+  # the hash's operands (a few lookups a key) are ONE call at init's top level
+  fused = stages["fuse_random_bits"].init_jaxpr
+  assert named_calls(fused, fuse_random_bits.OPERANDS_CALL) == 1
+  assert not [e for e in _compat.open_of(fused).eqns if e.primitive.name in ("ge", "gather")]
   # the parameters' keys are derived with the written-out hash too: no live fold_in
   # is left (dead ones go at DCE)
   assert count(stages["split_init"].init_jaxpr, _compat.random_fold_in_p) >= 2

@@ -22,7 +22,9 @@ and threefry2x32 is elementwise. So the pass (on the init program only):
    all their elements (each block of one key's elements takes its key and its
    counters' start from a table of the keys and the segments' starts, see
    ``_segment_operands``; concatenated from each draw's broadcast key and counters
-   above ``MAX_SEGMENTS`` keys), then slices, reshapes and finishes each draw as
+   above ``MAX_SEGMENTS`` keys; computed in ONE call, ``OPERANDS_CALL``, so the
+   passes after this one walk one equation, not ~3 a key), then slices, reshapes
+   and finishes each draw as
    JAX does — bitwise the same values (a level above
    ``MAX_FUSED_ELEMENTS`` elements in all is fused in chunks of at most that size,
    which bounds the extra memory). The hash is written out as lax ops (JAX's own
@@ -72,34 +74,50 @@ def fused_random_bits(specs):
     a, b = fn(jax.random.key(0), jax.random.split(jax.random.key(1), 4))
     # a == jax.random.bits(key0, (2, 3)); b[i] == jax.random.bits(keys[i], (5,), uint8)
   """
+  def operands(*keys):
+    return _operands(specs, *keys)
+  operands.__name__ = OPERANDS_CALL
+  operands = jax.jit(operands)
+
   def fn(*keys):
-    total = sum(math.prod(tuple(b) + tuple(s)) for b, s, _ in specs)
-    segments = sum(math.prod(b) for b, _, _ in specs)
-    if 0 < total < 2 ** 32 and segments <= MAX_SEGMENTS:
-      return _finished(specs, *_segment_operands(keys, specs))
-    ks, c1s, c2s, outs = [], [], [], []
-    # the counters' high words are 0 below 2**32 elements a draw: one zero operand
-    # (each operand piece is a kernel of its own on XLA CPU, ~15 ms of compile)
-    low = all(math.prod(shape) < 2 ** 32 for _, shape, _ in specs)
-    for key, (batch, shape, _) in zip(keys, specs):
-      nb, full = len(batch), tuple(batch) + tuple(shape)
-      n = math.prod(full)
-      data = jax.random.key_data(key)                        # batch + (2,)
-      # both halves of the key in one piece: (n, 2)
-      ks.append(lax.reshape(lax.broadcast_in_dim(data, full + (2,), tuple(range(nb)) + (len(full),)),
-                            (n, 2)))
-      counters = _compat.iota_2x32_shape(shape)
-      for c, acc in zip(counters, (c1s, c2s)):
-        if acc is c1s and low:
-          continue
-        acc.append(lax.reshape(lax.broadcast_in_dim(c, full, tuple(range(nb, len(full)))), (n,)))
-    cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
-    k = cat(ks)
-    total = k.shape[0]
-    k1, k2 = (lax.reshape(lax.slice_in_dim(k, i, i + 1, axis=1), (total,)) for i in (0, 1))
-    c1 = lax.full((total,), 0, np.uint32) if low else cat(c1s)
-    return _finished(specs, k1, k2, c1, cat(c2s))
+    return _finished(specs, *operands(*keys))
   return fn
+
+
+#: The name of the call that computes the fused hash's operands from the draws' keys
+#: (one equation in init: the lookups of ~50 keys are ~200 equations, which every
+#: later pass would walk; XLA inlines the call).
+OPERANDS_CALL = "purify_hash_operands"
+
+
+def _operands(specs, *keys):
+  """The hash's operands ``(k1, k2, c1, c2)`` for ``specs``' draws of ``keys``."""
+  total = sum(math.prod(tuple(b) + tuple(s)) for b, s, _ in specs)
+  segments = sum(math.prod(b) for b, _, _ in specs)
+  if 0 < total < 2 ** 32 and segments <= MAX_SEGMENTS:
+    return _segment_operands(keys, specs)
+  ks, c1s, c2s = [], [], []
+  # the counters' high words are 0 below 2**32 elements a draw: one zero operand
+  # (each operand piece is a kernel of its own on XLA CPU, ~15 ms of compile)
+  low = all(math.prod(shape) < 2 ** 32 for _, shape, _ in specs)
+  for key, (batch, shape, _) in zip(keys, specs):
+    nb, full = len(batch), tuple(batch) + tuple(shape)
+    n = math.prod(full)
+    data = jax.random.key_data(key)                        # batch + (2,)
+    # both halves of the key in one piece: (n, 2)
+    ks.append(lax.reshape(lax.broadcast_in_dim(data, full + (2,), tuple(range(nb)) + (len(full),)),
+                          (n, 2)))
+    counters = _compat.iota_2x32_shape(shape)
+    for c, acc in zip(counters, (c1s, c2s)):
+      if acc is c1s and low:
+        continue
+      acc.append(lax.reshape(lax.broadcast_in_dim(c, full, tuple(range(nb, len(full)))), (n,)))
+  cat = lambda xs: xs[0] if len(xs) == 1 else lax.concatenate(xs, 0)  # noqa: E731
+  k = cat(ks)
+  total = k.shape[0]
+  k1, k2 = (lax.reshape(lax.slice_in_dim(k, i, i + 1, axis=1), (total,)) for i in (0, 1))
+  c1 = lax.full((total,), 0, np.uint32) if low else cat(c1s)
+  return k1, k2, c1, cat(c2s)
 
 
 def _finished(specs, k1, k2, c1, c2):
