@@ -220,6 +220,40 @@ def test_fuse_on_a_plain_jaxpr(monkeypatch):
   assert_same_values(run(capped), run(cj))
 
 
+def test_inlining_computes_each_constant_scalar_once():
+  """Scalars computed from literals alone the same way are computed once (every
+  truncated normal computes its bounds' ``erf`` for itself); -0.0 and 0.0 are
+  different literals, and a scalar computed from an input is never shared. The
+  same values."""
+  f32 = np.float32
+
+  def f(x, k):
+    c1 = jax.lax.mul(f32(2.0), f32(3.0))
+    c2 = jax.lax.mul(f32(2.0), f32(3.0))                      # the same: shared
+    z1 = jax.lax.add(f32(0.0), f32(1.0))
+    z2 = jax.lax.add(f32(-0.0), f32(1.0))                     # another literal: kept
+    y1, y2 = jax.lax.mul(x, f32(3.0)), jax.lax.mul(x, f32(3.0))  # from an input: kept
+    draw = jax.random.truncated_normal(k, -2.0, 2.0, (3,))
+    more = jax.random.truncated_normal(jax.random.fold_in(k, 1), -2.0, 2.0, (4,))
+    return c1 + c2 + z1 + z2 + y1 + y2, draw, more
+
+  args = (jnp.float32(1.5), TYPED)
+  cj = jax.make_jaxpr(f)(*args)
+  fused = fuse(cj)
+  _compat.check_jaxpr(fused)
+  top = _compat.open_of(fused).eqns
+  literal_only = lambda e: all(isinstance(v, _compat.Literal) for v in e.invars)  # noqa: E731
+  assert sum(e.primitive.name == "mul" and literal_only(e) for e in top) == 1
+  assert sum(e.primitive.name == "add" and literal_only(e) for e in top) == 2
+  assert sum(e.primitive.name == "mul" and not literal_only(e)
+             and e.invars[0].aval.shape == () for e in top) >= 2
+  # the two truncated normals' bounds: erf(lower / sqrt2), erf(upper / sqrt2) once
+  assert sum(e.primitive.name == "erf" for e in top) == 2
+  assert sum(e.primitive.name == "erf" for e in iter_eqns(cj)) == 4
+  run = lambda j: jax.jit(jcore.jaxpr_as_fun(j))(*args)  # noqa: E731
+  assert_same_values(run(fused), run(cj))
+
+
 def test_pass_is_in_the_default_pipeline_after_split_init():
   names = passes.default_pipeline().names
   assert names.index("fuse_random_bits") == names.index("split_init") + 1

@@ -428,9 +428,15 @@ def _elementwise_call(e) -> bool:
 def _inline(eqns, subst):
   """``eqns`` with every plain jit call that draws, or computes elementwise only
   (:func:`_elementwise_call`), inlined, recursively (its body's equations with fresh
-  variables); ``subst`` gets the top-level calls' outputs."""
+  variables); ``subst`` gets the top-level calls' outputs. A scalar computed from
+  literals alone the same way as an earlier one is not repeated: its uses take the
+  earlier value (every truncated normal computes ``erf(lower / sqrt2)`` and a few
+  more constants for itself: ResNet-50's init held ~300 such equations, ~40% of
+  it, which every later pass walked; the same operations on the same values, so
+  the same value — what XLA's CSE does with them anyway)."""
   out = []
   atom = lambda v: v if isinstance(v, _compat.Literal) else subst.get(v, v)  # noqa: E731
+  consts = _Constants()
   work = [(e, None) for e in reversed(eqns)]
   while work:
     item, env = work.pop()
@@ -457,6 +463,13 @@ def _inline(eqns, subst):
       work.append((("bind", e, inner, ienv), env))
       work.extend((ie, ienv) for ie in reversed(inner.eqns))
       continue
+    key = consts.key(e, ins)
+    if key is not None:
+      earlier = consts.seen.get(key)
+      if earlier is not None:                   # the same scalar again: reuse it
+        for v, w in zip(e.outvars, earlier):
+          (env if env is not None else subst)[v] = w
+        continue
     if env is not None:
       outs = []
       for v in e.outvars:
@@ -466,8 +479,53 @@ def _inline(eqns, subst):
       e = e.replace(invars=ins, outvars=outs)
     elif any(a is not b for a, b in zip(ins, e.invars)):
       e = e.replace(invars=ins)
+    if key is not None:
+      consts.add(key, e.outvars)
     out.append(e)
   return out
+
+
+class _Constants:
+  """The scalars computed from literals alone (:func:`_inline`), by how each is
+  computed: operation, parameters, operands (literals by type and value, earlier
+  constants by identity) and result types."""
+
+  def __init__(self):
+    self.seen: dict = {}
+    self.vars: set = set()
+
+  def key(self, e, ins):
+    """``e``'s description when it computes a scalar from constants only, else None."""
+    if e.effects or not e.outvars:
+      return None
+    outs = []
+    for v in e.outvars:            # (first: most equations compute arrays)
+      a = v.aval
+      shape = getattr(a, "shape", None)
+      if shape is None or (shape and math.prod(shape) != 1) or isinstance(v, _compat.DropVar):
+        return None
+      outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
+    desc = []
+    for v in ins:
+      if isinstance(v, _compat.Literal):
+        a = v.aval            # (by its bytes: -0.0 is not 0.0; repr is ~80 us)
+        desc.append((a.dtype, getattr(a, "weak_type", False), np.asarray(v.val).tobytes()))
+      elif v in self.vars:
+        desc.append(v)
+      else:
+        return None
+    if jaxprs_in(e.params):
+      return None
+    try:
+      key = (e.primitive, tuple(sorted(e.params.items())), tuple(desc), tuple(outs))
+      hash(key)
+    except TypeError:                            # (a parameter that does not hash)
+      return None
+    return key
+
+  def add(self, key, outvars):
+    self.seen[key] = outvars
+    self.vars.update(outvars)
 
 
 def _fusable(e) -> bool:
