@@ -163,6 +163,28 @@ def trace_flat(fn, avals, name: str):
   return jaxpr.with_consts(consts) if MERGED else jcore.ClosedJaxpr(jaxpr, consts)
 
 
+_VMAP_DEBUG = _core.DebugInfo("vmap", "purify initializer (vmap)", ("key",), None)
+
+
+def vmap_leading(fn, x):
+  """``jax.vmap(fn)(x)`` (``fn`` of one element along ``x``'s leading axis, any
+  pytree result), without vmap's front end: no signature inspection, no argument
+  trees or checks (a pass batching an initializer per group: ~0.15 ms of the ~0.5 ms
+  that ``jax.vmap`` spent a group around the initializer's own trace). The same
+  equations."""
+  out_tree = []
+
+  def flat(k):
+    leaves, tree = jax.tree_util.tree_flatten(fn(k))
+    out_tree.append(tree)
+    return leaves
+  f = lu.wrap_init(flat, debug_info=_VMAP_DEBUG)
+  axis = _batching.AxisData(None, x.shape[0], None, None)
+  out, _ = _batching.batch(f, axis, (0,),
+                           lambda: (0,) * out_tree[0].num_leaves).call_wrapped(x)
+  return jax.tree_util.tree_unflatten(out_tree[0], out)
+
+
 def bind_closed(cj, *args):
   """Bind a closed jaxpr as ONE equation in the current trace (O(1) staging)."""
   if MERGED:

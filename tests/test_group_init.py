@@ -10,7 +10,7 @@ import pytest
 from _values import assert_same_values
 
 import purify
-from purify import keys, passes
+from purify import _compat, keys, passes
 from purify.passes.group_init import initializer_key, Unique
 
 UNGROUPED = passes.Pipeline([passes.GroupInit(enabled=False) if p.name == "group_init" else p
@@ -264,3 +264,25 @@ def test_key_free_initializers_are_one_call_broadcast_not_a_vmap(monkeypatch):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(grouped["~"]["c_2"], np.full((4,), 0.25, np.float32))
   np.testing.assert_array_equal(grouped["~"]["s"], np.full((3, 4), -1.0, np.float32))
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_a_group_is_batched_as_jax_vmap_batches_it(tree):
+  """split_init batches a group's initializer without vmap's front end
+  (``_compat.vmap_leading``): the same equations and values as ``jax.vmap``, for an
+  array or any pytree result; the initializer's own error comes through."""
+  def fn(k):
+    a = jax.random.truncated_normal(k, -2.0, 2.0, (3,))
+    return (a, {"b": a * 2.0}) if tree else a
+  ks = jax.random.split(jax.random.key(0), 4)
+  lean = lambda k: _compat.vmap_leading(fn, k)  # noqa: E731
+  assert str(jax.make_jaxpr(lean)(ks)) == str(jax.make_jaxpr(jax.vmap(fn))(ks))
+  got, want = jax.jit(lean)(ks), jax.jit(jax.vmap(fn))(ks)
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  def bad(k):
+    raise ValueError("the initializer's own error")
+  with pytest.raises(ValueError, match="own error"):
+    jax.make_jaxpr(lambda k: _compat.vmap_leading(bad, k))(ks)

@@ -141,7 +141,7 @@ def init_param(site, root, key=None, batch=None, members=None):
       return jax.lax.broadcast_in_dim(v, lead + tuple(v.shape),
                                       tuple(range(len(lead), len(lead) + v.ndim)))
     flat = _reshaped(ks, (math.prod(lead),) + tuple(ks.shape[len(lead):]))
-    out = jnp.asarray(jax.vmap(one)(flat))
+    out = jnp.asarray(_compat.vmap_leading(one, flat))
     return _reshaped(out, lead + tuple(out.shape[1:]))
   member_keys = lambda k: keys.fold_batch(k, tuple(site.stack))  # noqa: E731
   try:
