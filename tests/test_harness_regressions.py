@@ -57,6 +57,11 @@ PROGRAMS = {
     "harness-3_counter_in_fori_in_grad": Program(3, B(
         Counter(), Wrap("grad", B(Param("linear"), Op("mix"), Fori(0, 1, B(Counter(), Op("mix"))))),
         Scan(1, True, 1, "jax", B(Param("matmul"))))),
+    # harness-5 (hunt, session 11): a stacked scan whose body multiplies a constant
+    # of the scan's length by a literal crashed stacks_as_xs (a Literal looked up in
+    # a set: unhashable on 0.12, on 0.10 too through the pass's index test)
+    "harness-5_literal_operand_in_stacked_scan_in_vmap": Program(2, B(
+        Vmap(1, False, "jax", B(Scan(1, False, 1, "stack", B(Op("mix"), Op("tanh"))))))),
 }
 
 

@@ -641,3 +641,25 @@ def test_trace_and_pipeline_pause_python_gc_and_restore_it():
     assert not gc.isenabled()
   finally:
     gc.enable()
+
+
+def test_a_scan_combining_a_closed_over_array_with_a_literal_is_rewritten():
+  """harness-5: a scan with a scanned index (its body draws) whose body multiplies a
+  closed-over array of the scan's length by a literal: stacks_as_xs crashed testing
+  the literal for membership in a set. Now apply runs, with the values of the loop
+  written out by hand (step i's key: the site's key of fold_in(rng, i), keys.py)."""
+  def f(x):
+    c = x[None] * jnp.ones((3, 1))           # closed over, of the scan's length
+    def body(carry, _):
+      return carry + (c * 2.0).sum() + jax.random.normal(purify.next_rng_key()), None
+    return jax.lax.scan(body, 0.0, None, length=3)[0]
+  t = purify.transform(f)
+  x = jnp.arange(2.0)
+  params = t.init(jax.random.key(0), x)
+  rng = jax.random.key(1)
+  keys = purify.keys
+  want = jnp.float32(0.0)
+  for i in range(3):
+    k = keys.rng_key(keys.fold_indices(rng, i), "~#0")
+    want = want + 6.0 * x.sum() + jax.random.normal(k)
+  assert_close(t.apply(params, rng, x), want)

@@ -24,6 +24,8 @@ from purify.passes.base import Pass
 
 
 def _is_iota(var, producers, length) -> bool:
+  if isinstance(var, _compat.Literal):     # (0.12: a Literal does not hash)
+    return False
   eqn = producers.get(var)
   return (eqn is not None and eqn.primitive.name == "iota" and
           eqn.params.get("dimension") == 0 and tuple(eqn.params.get("shape", ())) == (length,))
@@ -72,8 +74,8 @@ def _rewrite_scan(eqn, producers):
     us = uses.get(cv, [])
     if (not us or cv in outs or not cv.aval.shape or cv.aval.shape[0] != length):
       continue
-    if all(len(u.invars) == 2 and u.invars[1] in idx_vars and _is_index_axis0(u, cv, u.invars[1])
-           for u in us):
+    if all(len(u.invars) == 2 and not isinstance(u.invars[1], _compat.Literal)
+           and u.invars[1] in idx_vars and _is_index_axis0(u, cv, u.invars[1]) for u in us):
       moved.append((c, us))
   if not moved:
     return eqn
