@@ -20,6 +20,7 @@ lowering composes init and its forward (``lowering.Executable``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -65,14 +66,23 @@ ROWS_CALL = "purify_rows"
 def _rows(stacked, n):
   """``(equation, values)``: ONE call (``jit``, named ``ROWS_CALL``) whose result
   ``i`` is row ``i`` of ``stacked`` (``squeeze(slice(stacked, [i, i+1)))``, what
-  ``lax.index_in_dim`` stages) for each of its ``n`` rows. Written from the
-  equations of one traced row and one traced call, with each row's bounds: tracing
-  ``index_in_dim`` per row was ~90% of this pass (2000 parameters: 0.8 s), and one
+  ``lax.index_in_dim`` stages) for each of its ``n`` rows. Its body is written from
+  the equations of one traced row and one traced call, with each row's bounds
+  (tracing ``index_in_dim`` per row was ~90% of this pass: 2000 parameters, 0.8 s),
+  once a shape and row count (:func:`_rows_call`: groups of one shape share it); one
   call a group instead of two equations a row keeps init's top level small for the
   passes after this one."""
+  call = _rows_call(stacked.aval, n)
+  rows = [_compat.Var(v.aval) for v in _compat.open_of(call.params["jaxpr"]).outvars]
+  return call.replace(invars=[stacked], outvars=rows), rows
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_call(aval, n):
+  """The rows call's equation for a stacked value of ``aval`` (its variables
+  replaced by each use)."""
   sl, sq = _compat.open_of(_thread.helper_jaxpr(_index_row, _ROW_AVAL)).eqns
   call = _compat.open_of(_thread.helper_jaxpr(_two, _ROW_AVAL)).eqns[0]
-  aval = stacked.aval
   rest = tuple(aval.shape[1:])
   piece_aval, row_aval = aval.update(shape=(1,) + rest), aval.update(shape=rest)
   zeros = (0,) * len(rest)
@@ -87,11 +97,10 @@ def _rows(stacked, n):
     eqns.append(sq.replace(invars=[piece], outvars=[row]))
     inner.append(row)
   body = _compat.replace_jaxpr(call.params["jaxpr"], invars=[x], outvars=inner, eqns=eqns)
-  rows = [_compat.Var(row_aval) for _ in range(n)]
   p = call.params
   params = dict(p, jaxpr=body, name=ROWS_CALL,
                 out_shardings=(p["out_shardings"][0],) * n, out_layouts=(None,) * n)
-  return call.replace(invars=[stacked], outvars=rows, params=params), rows
+  return call.replace(invars=[x], outvars=list(inner), params=params)
 
 
 def _split(x, sizes):
