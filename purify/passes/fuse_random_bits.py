@@ -594,10 +594,14 @@ def fuse(closed_jaxpr):
       live.update(v for v in e.invars if not isinstance(v, _compat.Literal))
   level: dict = {}                 # var -> how many draws it depends on (a chain's length)
   groups: dict = {}
+  folds = []                       # the live fold_ins to write out
   for i, e in enumerate(eqns):
     d = max((level.get(v, 0) for v in e.invars if not isinstance(v, _compat.Literal)), default=0)
-    if is_live[i] and _fusable(e):
-      groups.setdefault(d, []).append(i)
+    if is_live[i]:
+      if _fusable(e):
+        groups.setdefault(d, []).append(i)
+      elif _fold_in_fusable(e):
+        folds.append(i)
     d_out = d + 1 if _draws_in(e) else d
     for v in e.outvars:
       level[v] = d_out
@@ -621,12 +625,12 @@ def fuse(closed_jaxpr):
       continue                     # e.g. a sharded aval: leave this level as it is
     spliced[members[0]] = splice(helper, keys, [e.outvars[0] for e in es], es[0])
     removed.update(members)
-  for i, e in enumerate(eqns):
-    if is_live[i] and _fold_in_fusable(e):
-      helper = _fold_in_jaxpr(e.invars[0].aval, e.invars[1].aval)
-      if _compat.open_of(helper).outvars[0].aval == e.outvars[0].aval:
-        spliced[i] = splice(helper, list(e.invars), list(e.outvars), e)
-        removed.add(i)
+  for i in folds:
+    e = eqns[i]
+    helper = _fold_in_jaxpr(e.invars[0].aval, e.invars[1].aval)
+    if _compat.open_of(helper).outvars[0].aval == e.outvars[0].aval:
+      spliced[i] = splice(helper, list(e.invars), list(e.outvars), e)
+      removed.add(i)
   if not spliced:
     return closed_jaxpr
   # (not _assemble.insert_blocks: a fused hash takes the keys of all its draws, and
