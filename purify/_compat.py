@@ -99,6 +99,11 @@ def stage_unknown_rule(prim):
     out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(a), None) for a in outs]
     eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, prim, params, effs,
                              _source_info_util.current())
+    # kept by its effect, as JAX's default rule keeps one, also when its result is
+    # unused (purify.scan(split_rng=False)'s marker: dropped, the steps under grad
+    # got keys of their own)
+    if _effects.partial_eval_kept_effects.filter_in(effs):
+      trace.effect_handles.append(_pe.EffectHandle(in_tracers, eqn))
     for t in out_tracers:
       t.recipe = eqn
     return out_tracers if prim.multiple_results else out_tracers[0]

@@ -62,6 +62,11 @@ PROGRAMS = {
     # a set: unhashable on 0.12, on 0.10 too through the pass's index test)
     "harness-5_literal_operand_in_stacked_scan_in_vmap": Program(2, B(
         Vmap(1, False, "jax", B(Scan(1, False, 1, "stack", B(Op("mix"), Op("tanh"))))))),
+    # harness-6 (hunt, session 11): purify.scan(split_rng=False) inside jax.grad: its
+    # marker (a draw whose key is unused) was dropped by JAX's partial evaluation,
+    # and the steps drew keys of their own
+    "harness-6_shared_key_scan_in_grad": Program(2, B(
+        Wrap("grad", B(Scan(2, False, 2, "shared", B(Draw("bits"), Op("mix"))))))),
 }
 
 
