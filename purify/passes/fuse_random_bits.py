@@ -502,7 +502,7 @@ class _Constants:
     for v in e.outvars:            # (first: most equations compute arrays)
       a = v.aval
       shape = getattr(a, "shape", None)
-      if shape is None or (shape and math.prod(shape) != 1) or isinstance(v, _compat.DropVar):
+      if shape is None or math.prod(shape) != 1 or isinstance(v, _compat.DropVar):
         return None
       outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
     desc = []
