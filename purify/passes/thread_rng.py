@@ -31,13 +31,7 @@ def _fold(k, i):
 
 
 def _derive(batch, k, hi, lo):
-  """``fold_batch(fold_in(fold_in(k, hi), lo), batch)``; a raw key is wrapped once
-  and unwrapped once (``jax.random.fold_in`` on a raw key does both at each fold:
-  6 equations a draw instead of 4, the same key)."""
-  typed = keys.is_typed_key(k)
-  t = k if typed else jax.random.wrap_key_data(k)
-  t = keys.fold_batch(_compat.random_fold_in(_compat.random_fold_in(t, hi), lo), batch)
-  return t if typed else jax.random.key_data(t)
+  return keys.fold_halves(k, hi, lo, batch)
 
 
 def _key_sds(aval):
