@@ -110,6 +110,64 @@ def stage_unknown_rule(prim):
   custom_partial_eval_rules[prim] = rule
 
 
+# parent traces of the remat linearizations in progress (see stage_remat_unknown_when)
+_LINEARIZING_REMAT: list = []
+
+
+def stage_remat_unknown_when(stage) -> None:
+  """A ``jax.checkpoint`` whose body has an effect ``stage(jaxpr.effects)`` selects
+  is staged whole as UNKNOWN by JAX's partial evaluation, as ``stage_unknown_rule``
+  stages a bare draw, except in the partial evaluation that linearizes that
+  checkpoint itself (there its draws are primal values and must stay known).
+
+  Why: JAX's rule for remat (``remat_partial_eval``) partially evaluates the body
+  by its policy and evaluates the known part on the PARENT trace, where a draw is
+  a known constant. When that partial evaluation is scan's loop-invariance check
+  (``_scan_known_hoisting``, on a checkpoint left in the primal loop body, as
+  nested checkpoints leave one), the draw was hoisted out of the loop: one key
+  for every iteration (harness-7, tests/known_core_bugs.md).
+
+  Which partial evaluation linearizes the checkpoint: the one JAX's fallback
+  linearize rule opens on the parent of the LinearizeTrace processing it, marked
+  here by wrapping ``LinearizeTrace.process_primitive`` for remat."""
+  remat_p = _ad_checkpoint.remat_p
+  original = custom_partial_eval_rules[remat_p]
+
+  def rule(trace, *tracers, jaxpr, **params):
+    if not stage(jaxpr.effects):
+      return original(trace, *tracers, jaxpr=jaxpr, **params)
+    if _LINEARIZING_REMAT and _LINEARIZING_REMAT[-1] is trace.parent_trace:
+      _LINEARIZING_REMAT[-1] = None     # this checkpoint only, not those inside it
+      return original(trace, *tracers, jaxpr=jaxpr, **params)
+    in_tracers = [trace.instantiate_const(t) for t in tracers]
+    out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(v.aval), None)
+                   for v in jaxpr.outvars]
+    eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, remat_p,
+                             dict(params, jaxpr=jaxpr), _core.positional_effects(jaxpr),
+                             _source_info_util.current())
+    trace.effect_handles.append(_pe.EffectHandle(in_tracers, eqn))
+    for t in out_tracers:
+      t.recipe = eqn
+    return out_tracers
+
+  custom_partial_eval_rules[remat_p] = rule
+
+  cls = _ad.LinearizeTrace
+  process = cls.process_primitive
+
+  def process_primitive(self, primitive, tracers, params, /):
+    if primitive is not remat_p or not stage(params["jaxpr"].effects):
+      return process(self, primitive, tracers, params)
+    _LINEARIZING_REMAT.append(self.parent_trace)
+    try:
+      return process(self, primitive, tracers, params)
+    finally:
+      _LINEARIZING_REMAT.pop()
+
+  process_primitive.__wrapped__ = process
+  cls.process_primitive = process_primitive
+
+
 # ----------------------------------------------------------------------------- scope
 def make_trace_context_state(name: str, help: str):
   """A config value that is part of JAX's trace context: jit and scan-body caches

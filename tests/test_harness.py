@@ -181,25 +181,3 @@ def test_jax_leak_checker_false_positive_canary():
   with pytest.raises(Exception, match="Leaked trace JaxprTrace"):
     with jax.checking_leaks():
       jax.make_jaxpr(jax.grad(f))(1.)
-
-
-
-@profiles.property_settings("pipeline")
-@given(st.data())
-def test_known_bug_harness_7_is_not_generated(data):
-  """tests/known_core_bugs.md, harness-7: no draw is generated inside two
-  checkpoints inside a loop inside jax.grad until it is fixed (one checkpoint: yes)."""
-  deep = grammar.Ctx(in_grad=True, loop_in_grad=True, ckpts_in_loop_in_grad=2)
-  leaf = grammar._leaf(data.draw, deep, grammar._Budget(8, 8))
-  assert not isinstance(leaf, grammar.Draw)
-
-def test_known_bug_harness_7_canary():
-  """harness-7 (open): the shrunk program still differs from the reference
-  interpreter. When this fails, the bug is fixed: move the program to the
-  regressions and drop the grammar's exclusion."""
-  B = lambda *s: grammar.Block(tuple(s))  # noqa: E731
-  program = grammar.finalize(grammar.Program(2, B(grammar.Wrap("grad", B(grammar.Fori(0, 1, B(
-      grammar.Wrap("checkpoint", B(grammar.Wrap("checkpoint", B(grammar.Draw("bits"))),
-                                   grammar.Op("mix"), grammar.Param("mul"))))))))))
-  with pytest.raises(checks.ModelCheckError, match="apply output"):
-    checks.check_reference(program, 0)

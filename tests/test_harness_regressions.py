@@ -67,6 +67,15 @@ PROGRAMS = {
     # and the steps drew keys of their own
     "harness-6_shared_key_scan_in_grad": Program(2, B(
         Wrap("grad", B(Scan(2, False, 2, "shared", B(Draw("bits"), Op("mix"))))))),
+    # harness-7 (hunt, session 11; fixed in session 12): a draw inside two nested
+    # checkpoints inside a loop under jax.grad was hoisted out of the loop by JAX's
+    # remat partial evaluation: every iteration got one key
+    "harness-7_draw_in_two_checkpoints_in_loop_in_grad": Program(2, B(Wrap("grad", B(Fori(
+        0, 1, B(Wrap("checkpoint", B(Wrap("checkpoint", B(Draw("bits"))), Op("mix"),
+                                     Param("mul"))))))))),
+    "harness-7_three_checkpoints_in_scan_in_grad": Program(2, B(Wrap("grad", B(Scan(
+        2, False, 1, "jax", B(Wrap("checkpoint", B(Wrap("checkpoint", B(Wrap(
+            "checkpoint", B(Draw("normal"), Counter()))), Op("mix")))), Op("tanh"))))))),
 }
 
 

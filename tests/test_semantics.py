@@ -418,6 +418,52 @@ def test_key_drawn_in_scan_under_grad_is_still_per_step():
   assert len({tuple(np.asarray(k)) for k in keeps}) > 1
 
 
+@pytest.mark.parametrize("loop", ["scan", "fori"])
+@pytest.mark.parametrize("depth,policy", [(1, None), (2, None), (3, None),
+                                          (2, "everything_saveable"),
+                                          (2, "dots_saveable")])
+def test_key_drawn_in_nested_checkpoints_in_a_loop_under_grad_is_still_per_step(
+    loop, depth, policy):
+  """jax.checkpoint changes no value: nested checkpoints (with any policy) around a
+  draw in a loop under jax.grad still give each step its own key (harness-7: from two
+  nested checkpoints on, JAX's remat partial evaluation let the loop hoist the draw
+  out as loop-invariant, and every step got one key)."""
+  pol = policy and getattr(jax.checkpoint_policies, policy)
+
+  def model(xs):                                         # xs: (3, 3)
+    def loss(xs):
+      def step(c, x):
+        layer = _layer_with_all_effects
+        for _ in range(depth):
+          layer = jax.checkpoint(layer, policy=pol)
+        y, keep = layer(x + c)
+        return c + y, keep
+      if loop == "scan":
+        c, keeps = jax.lax.scan(step, jnp.zeros(3), xs)
+      else:
+        def body(i, carry):
+          c, keeps = carry
+          c, keep = step(c, xs[i])
+          return c, keeps.at[i].set(keep)
+        c, keeps = jax.lax.fori_loop(0, len(xs), body, (jnp.zeros(3), jnp.zeros((3, 3), bool)))
+      return jnp.sum(c), keeps
+    return jax.grad(loss, has_aux=True)(xs)
+
+  def ref_apply(params, state, root, xs):
+    def loss(xs):
+      c, keeps = jnp.zeros(3), []
+      for i in range(len(xs)):
+        y, keep = _ref_layer(params, root, xs[i] + c, loop=(i,))
+        c, keeps = c + y, keeps + [keep]
+      return jnp.sum(c), jnp.stack(keeps)
+    return jax.grad(loss, has_aux=True)(xs), {"~": {"n": state["~"]["n"] + len(xs)}}
+
+  xs = jnp.stack([X3, -X3, 0.5 * X3])
+  _, ((_, keeps), _) = check_against_reference(
+      purify.transform_with_state(model), _ref_w_and_counter, ref_apply, ROOT, xs)
+  assert len({tuple(np.asarray(k)) for k in keeps}) > 1
+
+
 # ============================================================================ eval_shape
 def test_eval_shape_declares_params_that_init_creates_and_writes_no_state():
   def model(x):                                          # x: (2, 3)

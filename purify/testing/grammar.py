@@ -407,7 +407,6 @@ class Ctx:
   in_eval_shape: bool = False
   loop_in_grad: bool = False  # inside a loop that is inside jax.grad
   in_custom: bool = False     # inside a custom_jvp function
-  ckpts_in_loop_in_grad: int = 0  # checkpoints entered inside such a loop (harness-7)
 
   @property
   def all_named(self):
@@ -426,11 +425,7 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
 #  * custom_jvp under jax.grad (the rule printed is a pass-through, not a derivative);
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
 #    loop semantics;
-#  * state inside eval_shape under vmap;
-#  * a draw inside two nested checkpoints inside a loop inside jax.grad: a known core
-#    bug, harness-7 in tests/known_core_bugs.md (JAX's partial evaluation of the
-#    inner checkpoint takes the draw as known and the loop hoists it out as
-#    loop-invariant: every iteration gets one key, without the iteration index);
+#  * state inside eval_shape under vmap.
 
 
 @dataclasses.dataclass
@@ -452,8 +447,6 @@ def _leaf(draw, ctx: Ctx, budget: _Budget):
     options.remove("accum")
   if budget.rng <= 0:
     options = [o for o in options if o not in ("draw", "param_mul", "param_matmul", "linear")]
-  if ctx.ckpts_in_loop_in_grad >= 2:           # harness-7 (see the exclusions above)
-    options = [o for o in options if o != "draw"]
   budget.leaves -= 1
   k = draw(st.sampled_from(options))
   if k in ("draw", "param_mul", "param_matmul", "linear"):
@@ -492,8 +485,6 @@ def _node(draw, ctx, depth, budget, node_kinds):
   sub = lambda c: _block(draw, c, depth, budget, node_kinds)  # noqa: E731
   if k in ("scan", "fori", "while") and ctx.in_grad:
     ctx = dataclasses.replace(ctx, loop_in_grad=True)
-  if k == "checkpoint" and ctx.loop_in_grad:
-    ctx = dataclasses.replace(ctx, ckpts_in_loop_in_grad=ctx.ckpts_in_loop_in_grad + 1)
   if k == "vmap":
     size = draw(st.integers(1, 3))
     flavor = draw(st.sampled_from(["jax", "purify", "shared", "stack"]))
