@@ -97,6 +97,20 @@ def f_scan_unused_inputs_before_used_ones(x):
   return jax.lax.scan(body, x[0], (idx, x, scale))[0]
 
 
+def f_scan_dead_in_body(x):
+  """Every result and operand used; an equation in the body is dead."""
+  def body(c, xi):
+    _ = jnp.exp(c) * xi                  # dead
+    return c * 0.5 + xi, c.sum()
+  return jax.lax.scan(body, x[0], x)
+
+
+def f_scan_all_live(x):
+  def body(c, xi):
+    return c * 0.5 + jnp.sin(xi), c.sum()
+  return jax.lax.scan(body, x[0], x)
+
+
 def f_while_unused_const(x):
   unused = jnp.exp(x)
 
@@ -116,7 +130,8 @@ def f_nothing_dead(x):
 
 
 AGREE = [f_top_level, f_partial_jit, f_partial_cond, f_scan_dead_carry,
-         f_scan_unused_xs, f_scan_unused_inputs_before_used_ones, f_while_unused_const,
+         f_scan_unused_xs, f_scan_unused_inputs_before_used_ones, f_scan_dead_in_body,
+         f_scan_all_live, f_while_unused_const,
          f_effect_kept, f_nothing_dead]
 X = jnp.linspace(0.1, 1.0, 12, dtype=jnp.float32).reshape(4, 3)
 
@@ -147,13 +162,26 @@ def test_dce_removes_what_it_should():
 
 
 def test_dce_returns_the_same_program_when_nothing_is_dead():
-  for fn in (f_nothing_dead, f_effect_kept):
+  for fn in (f_nothing_dead, f_effect_kept, f_scan_all_live):
     cj = jax.make_jaxpr(fn)(X)
-    assert dce.dce_closed(cj) is cj
+    assert dce.dce_closed(cj) is cj       # (a scan: not rebuilt by JAX's rule either)
+  assert "exp" not in _prims(dce.dce_closed(jax.make_jaxpr(f_scan_dead_in_body)(X)))
   # and is idempotent where it removed something
   for fn in AGREE:
     once = dce.dce_closed(jax.make_jaxpr(fn)(X))
     assert dce.dce_closed(once) is once
+
+
+def test_dce_leaves_a_scan_with_nothing_dead_to_itself(monkeypatch):
+  """A scan whose results and operands are all used and whose body has no dead
+  equation does not go to JAX's rule (which rebuilds it to remove nothing); one
+  with a dead equation in its body does."""
+  rule_of, called = _compat.dce_rule, []
+  monkeypatch.setattr(_compat, "dce_rule", lambda p: (called.append(p.name), rule_of(p))[1])
+  dce.dce_closed(jax.make_jaxpr(f_scan_all_live)(X))
+  assert "scan" not in called
+  dce.dce_closed(jax.make_jaxpr(f_scan_dead_in_body)(X))
+  assert "scan" in called
 
 
 def test_dce_keeps_a_fully_used_sub_program_whole():
