@@ -100,6 +100,7 @@ class Frame:
     self.module_names: set[str] = set()         # top-level names in use
     self.module_stack: list[ModuleScope] = []
     self.shared_rng_axes: set = set()
+    self.per_example_draws: dict = {}   # site -> vmap axis: draws given a key an example
     # (size, index tracer, selector): parameters declared while an entry is active and
     # selected by it (selector(path) -> bool; None = all) get a leading axis of ``size``
     self.param_stack: list[tuple[int, Any, Any]] = []

@@ -121,6 +121,8 @@ def _rng_batch(axis_data, vals, dims, *, site, batch, key_shape, key_dtype):
     return rng_p.bind(site=site, batch=batch, key_shape=key_shape, key_dtype=key_dtype), _compat.not_mapped
   out = rng_p.bind(site=site, batch=(axis_data.size,) + tuple(batch),
                    key_shape=key_shape, key_dtype=key_dtype)
+  if frame is not None:
+    frame.per_example_draws.setdefault(site, _axis_str(axis_data))
   return out, 0
 
 

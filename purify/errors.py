@@ -58,6 +58,10 @@ class PipelineError(PurifyError):
   pass
 
 
+class PerExampleDrawError(PurifyError, ValueError):
+  pass
+
+
 EFFECT_OUTSIDE_TRANSFORM = """\
 purify.{fn}({what}) was called outside a purify transform.
 tl;dr: wrap the function that calls it with purify.transform (or
@@ -107,6 +111,18 @@ Fix it by reducing over a named vmap axis before writing:
         jax.vmap(f, axis_name="batch") and
         purify.set_state(name, jax.lax.pmean(value, "batch"))
 or keep per-example values out of state (return them as outputs instead)."""
+
+PER_EXAMPLE_DRAW = """\
+{jax_error}
+A vmap's output with out_axes=None varies over the batch. The model draws keys under
+a vmap, and under loop semantics every example of a vmap gets its own key:
+{sites}
+When the vmap is jax.jacfwd's or jax.hessian's (they vmap over tangent directions,
+which needs one value of the function for every direction), take the Jacobian with
+jax.jacrev (jax.hessian = jax.jacrev(jax.jacrev(f))): it evaluates the function once,
+with one key. Or draw the key outside and close over it:
+        k = purify.next_rng_key(); jax.jacfwd(lambda x: f(x, k))(x)
+For a vmap of your own, purify.vmap(..., split_rng=False) shares one key across it."""
 
 NO_RULE = """\
 purify pass {pass_name!r} has no rule for the higher-order primitive {prim!r}, but a

@@ -18,6 +18,7 @@ import numpy as np
 
 from purify import _compat
 from purify import _context
+from purify import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +165,18 @@ def gc_paused():
       gc.enable()
 
 
+def _explain_unbatched_out(e: ValueError, frame) -> None:
+  """JAX's error for a vmap output with out_axes=None that varies over the batch
+  (jax.jacfwd's and jax.hessian's primal output among them), when the model drew
+  per-example keys: say why and what to do (``errors.PER_EXAMPLE_DRAW``)."""
+  if not frame.per_example_draws or "but output was batched" not in str(e):
+    return
+  sites = "\n".join(f"  {frame.rng_sites.get(s, s)} (vmap axis {axis})"
+                    for s, axis in frame.per_example_draws.items())
+  raise errors.PerExampleDrawError(errors.PER_EXAMPLE_DRAW.format(
+      jax_error=str(e).strip(), sites=sites)) from e
+
+
 def trace(f, sig: Signature, key_aval, *, name="model"):
   """Trace ``f`` once for ``sig``; return (Program, OutInfo)."""
   frame = _context.Frame(key_aval)
@@ -189,6 +202,9 @@ def trace(f, sig: Signature, key_aval, *, name="model"):
   with _context.frame_scope(frame), gc_paused():
     try:
       cj = jax.make_jaxpr(fn)(*avals)
+    except ValueError as e:
+      _explain_unbatched_out(e, frame)
+      raise
     finally:
       frame.top_trace = None         # the frame must not keep the trace alive
   n_out = len(_compat.open_of(cj).outvars)

@@ -258,6 +258,48 @@ def test_set_state_under_vmap_after_pmean_works():
   np.testing.assert_allclose(new_state["~"]["mean"], x2.mean(0), rtol=1e-6)
 
 
+def _noisy(y, k=None):
+  w = purify.param("w", (3,), init=ones)
+  k = purify.next_rng_key() if k is None else k
+  return jnp.tanh(y * w + jax.random.normal(k, y.shape))
+
+
+@pytest.mark.parametrize("jac", [jax.jacfwd, lambda f: jax.hessian(lambda y: f(y).sum())],
+                         ids=["jacfwd", "hessian"])
+def test_jacfwd_of_a_function_that_draws_says_why_and_what_to_do(jac):
+  """jax.jacfwd / jax.hessian vmap over tangent directions and need one value of the
+  function for all of them; under loop semantics each direction draws its own key.
+  JAX's own error (a vmap output with out_axes=None is batched) says neither."""
+  t = purify.transform(lambda x: jac(_noisy)(x))
+  with pytest.raises(errors.PerExampleDrawError) as ei:
+    t.init(ROOT, jnp.ones(3))
+  msg = str(ei.value)
+  assert "but output was batched" in msg                  # JAX's message, kept
+  assert f"{THIS_FILE}:" in msg and "(_noisy)" in msg      # the draw's site
+  assert "of size 3" in msg                                # its vmap
+  assert "jax.jacrev" in msg and "next_rng_key(); jax.jacfwd" in msg  # the fixes
+  assert isinstance(ei.value.__cause__, ValueError)
+
+
+def test_the_remedies_for_jacfwd_of_a_function_that_draws_work():
+  """jax.jacrev (one evaluation, one key) and jax.jacfwd with the key drawn outside
+  give the same Jacobian; so do the Hessians (jacrev of jacrev, hessian)."""
+  x = jnp.array([0.5, -1.0, 2.0])
+
+  def run(f):
+    t = purify.transform(f)
+    return t.apply(t.init(ROOT, x), jax.random.PRNGKey(1), x)
+
+  rev = run(lambda x: jax.jacrev(_noisy)(x))
+  fwd = run(lambda x: (lambda k: jax.jacfwd(lambda y: _noisy(y, k))(x))(purify.next_rng_key()))
+  np.testing.assert_allclose(rev, fwd, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.diag(rev)).min() > 0
+  h_rev = run(lambda x: jax.jacrev(jax.jacrev(lambda y: _noisy(y).sum()))(x))
+  h_fwd = run(lambda x: (lambda k: jax.hessian(lambda y: _noisy(y, k).sum())(x))(
+      purify.next_rng_key()))
+  np.testing.assert_allclose(h_rev, h_fwd, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- initializers
 def test_initializer_closing_over_traced_value():
   def f(x):
