@@ -88,84 +88,109 @@ def register_effect_type(effect_type) -> None:
     s.add_type(effect_type)
 
 
+# How deep JAX's loop-invariance checks are nested right now (see stage_unknown_rule).
+_HOISTING = [0]
+
+
+def _counts_as_hoisting(fn):
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    _HOISTING[0] += 1
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _HOISTING[0] -= 1
+  wrapped.__purify_hoisting__ = True
+  return wrapped
+
+
+def _mark_hoisting() -> None:
+  """Count JAX's loop-invariance checks of a scan in ``_HOISTING``: the partial
+  evaluation with only the loop's constants known that moves what they alone
+  compute out of the loop (``_scan_known_hoisting``, used by scan's linearize and
+  partial-eval rules; and the same inside ``_scan_partial_eval_custom``, scan's rule
+  for a checkpoint's policy-driven partial evaluation, whose other work is on
+  jaxprs, not traces)."""
+  if not getattr(_loops._scan_known_hoisting, "__purify_hoisting__", False):
+    _loops._scan_known_hoisting = _counts_as_hoisting(_loops._scan_known_hoisting)
+  rules = _pe.partial_eval_jaxpr_custom_rules
+  if not getattr(rules[scan_p], "__purify_hoisting__", False):
+    rules[scan_p] = _counts_as_hoisting(rules[scan_p])
+
+
+def _stage_unknown(trace, prim, tracers, params, out_avals, effs):
+  in_tracers = [trace.instantiate_const(t) for t in tracers]
+  out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(a), None) for a in out_avals]
+  eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, prim, params, effs,
+                           _source_info_util.current())
+  # kept by its effect, as JAX's default rule keeps one, also when its result is
+  # unused (purify.scan(split_rng=False)'s marker: dropped, the steps under grad got
+  # keys of their own)
+  if _effects.partial_eval_kept_effects.filter_in(effs):
+    trace.effect_handles.append(_pe.EffectHandle(in_tracers, eqn))
+  for t in out_tracers:
+    t.recipe = eqn
+  return out_tracers
+
+
 def stage_unknown_rule(prim):
-  """A partial-eval rule that stages a zero-operand effect primitive as UNKNOWN, so
-  JAX's scan partial evaluation (under grad) keeps it inside the loop body instead
-  of hoisting it out (which would make one draw serve every iteration)."""
+  """A partial-eval rule for a zero-operand effect primitive (a draw, a state read):
+  UNKNOWN while JAX checks what in a scan body is loop-invariant, so that the check
+  keeps it inside the loop (hoisted out, one draw would serve every iteration);
+  JAX's default (known: its operands are) everywhere else, where unknown means
+  "tangent" — JAX's linearization of a while loop needs its primal values known."""
+  _mark_hoisting()
+
   def rule(trace, *tracers, **params):
+    if not _HOISTING[0]:
+      return trace.default_process_primitive(prim, tracers, params)
     out_avals, effs = prim.abstract_eval(*[t.aval for t in tracers], **params)
-    outs = out_avals if prim.multiple_results else [out_avals]
-    in_tracers = [trace.instantiate_const(t) for t in tracers]
-    out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(a), None) for a in outs]
-    eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, prim, params, effs,
-                             _source_info_util.current())
-    # kept by its effect, as JAX's default rule keeps one, also when its result is
-    # unused (purify.scan(split_rng=False)'s marker: dropped, the steps under grad
-    # got keys of their own)
-    if _effects.partial_eval_kept_effects.filter_in(effs):
-      trace.effect_handles.append(_pe.EffectHandle(in_tracers, eqn))
-    for t in out_tracers:
-      t.recipe = eqn
-    return out_tracers if prim.multiple_results else out_tracers[0]
+    outs = _stage_unknown(trace, prim, tracers, params,
+                          out_avals if prim.multiple_results else [out_avals], effs)
+    return outs if prim.multiple_results else outs[0]
   custom_partial_eval_rules[prim] = rule
 
 
-# parent traces of the remat linearizations in progress (see stage_remat_unknown_when)
-_LINEARIZING_REMAT: list = []
-
-
 def stage_remat_unknown_when(stage) -> None:
-  """A ``jax.checkpoint`` whose body has an effect ``stage(jaxpr.effects)`` selects
-  is staged whole as UNKNOWN by JAX's partial evaluation, as ``stage_unknown_rule``
-  stages a bare draw, except in the partial evaluation that linearizes that
-  checkpoint itself (there its draws are primal values and must stay known).
+  """The same for a ``jax.checkpoint`` whose body has an effect ``stage(effects)``
+  selects: staged whole as UNKNOWN while JAX checks loop invariance, JAX's rule
+  otherwise.
 
   Why: JAX's rule for remat (``remat_partial_eval``) partially evaluates the body
-  by its policy and evaluates the known part on the PARENT trace, where a draw is
-  a known constant. When that partial evaluation is scan's loop-invariance check
-  (``_scan_known_hoisting``, on a checkpoint left in the primal loop body, as
-  nested checkpoints leave one), the draw was hoisted out of the loop: one key
-  for every iteration (harness-7, tests/known_core_bugs.md).
-
-  Which partial evaluation linearizes the checkpoint: the one JAX's fallback
-  linearize rule opens on the parent of the LinearizeTrace processing it, marked
-  here by wrapping ``LinearizeTrace.process_primitive`` for remat."""
+  by the checkpoint's policy and evaluates the known part — an operand-less draw
+  among it — on the PARENT trace, where it is a constant, bypassing the draw's own
+  rule. Nested checkpoints leave a checkpoint around a draw in the primal loop body
+  after linearization, so the loop hoisted the draw out (harness-7,
+  tests/known_core_bugs.md)."""
+  _mark_hoisting()
   remat_p = _ad_checkpoint.remat_p
   original = custom_partial_eval_rules[remat_p]
 
   def rule(trace, *tracers, jaxpr, **params):
-    if not stage(jaxpr.effects):
+    if not _HOISTING[0] or not stage(jaxpr.effects):
       return original(trace, *tracers, jaxpr=jaxpr, **params)
-    if _LINEARIZING_REMAT and _LINEARIZING_REMAT[-1] is trace.parent_trace:
-      _LINEARIZING_REMAT[-1] = None     # this checkpoint only, not those inside it
-      return original(trace, *tracers, jaxpr=jaxpr, **params)
-    in_tracers = [trace.instantiate_const(t) for t in tracers]
-    out_tracers = [_pe.JaxprTracer(trace, _pe.PartialVal.unknown(v.aval), None)
-                   for v in jaxpr.outvars]
-    eqn = _pe.new_eqn_recipe(trace, in_tracers, out_tracers, remat_p,
-                             dict(params, jaxpr=jaxpr), _core.positional_effects(jaxpr),
-                             _source_info_util.current())
-    trace.effect_handles.append(_pe.EffectHandle(in_tracers, eqn))
-    for t in out_tracers:
-      t.recipe = eqn
-    return out_tracers
-
+    return _stage_unknown(trace, remat_p, tracers, dict(params, jaxpr=jaxpr),
+                          [v.aval for v in jaxpr.outvars], _core.positional_effects(jaxpr))
   custom_partial_eval_rules[remat_p] = rule
 
-  cls = _ad.LinearizeTrace
-  process = cls.process_primitive
 
-  def process_primitive(self, primitive, tracers, params, /):
-    if primitive is not remat_p or not stage(params["jaxpr"].effects):
-      return process(self, primitive, tracers, params)
-    _LINEARIZING_REMAT.append(self.parent_trace)
-    try:
-      return process(self, primitive, tracers, params)
-    finally:
-      _LINEARIZING_REMAT.pop()
-
-  process_primitive.__wrapped__ = process
-  cls.process_primitive = process_primitive
+def recompute_in_policy_partial_eval(prim) -> None:
+  """In JAX's policy-driven partial evaluation (``pe.partial_eval_jaxpr_custom``: a
+  checkpoint's, and a while loop's inside one), an operand-less effect primitive
+  is known AND recomputed where the staged part needs it, as a pure equation is
+  under ``nothing_saveable``, instead of JAX's rule for effects (known only, its
+  result a residual). A while loop cannot have residuals: JAX asserted
+  (``_while_partial_eval_custom``: ``assert not num_res``) on a parameter read in a
+  while loop in a checkpoint under ``jax.linearize``. Recomputing is exact: a
+  parameter read is the same value wherever it is; a draw's key is a function of
+  its site and loop indices, the same in both copies (what remat's recomputation
+  relies on anyway)."""
+  def rule(saveable, unks_in, inst_in, eqn):
+    if any(unks_in):                          # (operand-less: never)
+      return None, eqn, [True] * len(eqn.outvars), [True] * len(eqn.outvars), []
+    n = len(eqn.outvars)
+    return eqn, eqn, [False] * n, [True] * n, []
+  _pe.partial_eval_jaxpr_custom_rules[prim] = rule
 
 
 # ----------------------------------------------------------------------------- scope

@@ -228,6 +228,8 @@ _compat.fancy_primitive_batchers[rng_p] = _rng_batch
 _compat.fancy_primitive_batchers[set_state_p] = _set_batch
 _compat.stage_unknown_rule(rng_p)
 _compat.stage_unknown_rule(get_state_p)
+_compat.recompute_in_policy_partial_eval(param_p)
+_compat.recompute_in_policy_partial_eval(rng_p)
 # the same for a jax.checkpoint around a draw or a state read (harness-7)
 _compat.stage_remat_unknown_when(
     lambda effs: any(isinstance(e, (RngEffect, StateEffect)) for e in effs))

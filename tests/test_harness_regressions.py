@@ -76,6 +76,17 @@ PROGRAMS = {
     "harness-7_three_checkpoints_in_scan_in_grad": Program(2, B(Wrap("grad", B(Scan(
         2, False, 1, "jax", B(Wrap("checkpoint", B(Wrap("checkpoint", B(Wrap(
             "checkpoint", B(Draw("normal"), Counter()))), Op("mix")))), Op("tanh"))))))),
+    # (session 12, the linearize node's first run) a parameter read or a draw in a
+    # while loop in a checkpoint under jax.linearize: JAX asserted (a while loop in a
+    # checkpoint's partial evaluation cannot have residuals; effects were residuals)
+    "linearize_checkpoint_while_param": Program(2, B(Wrap("linearize", B(Wrap(
+        "checkpoint", B(While(1, B(Param("mul"))))))))),
+    "linearize_checkpoint_while_draw": Program(2, B(Wrap("linearize", B(Wrap(
+        "checkpoint", B(While(2, B(Draw("normal"), Op("tanh"))), Op("sin"))))))),
+    # a draw in a while loop under jax.linearize (no checkpoint): JAX's fallback
+    # linearization of the loop needs the draw known (the old rule staged it unknown)
+    "linearize_while_draw": Program(2, B(Wrap("linearize", B(While(2, B(
+        Draw("uniform"), Param("mul"), Counter())))))),
 }
 
 

@@ -271,6 +271,47 @@ def test_while_loop_gives_each_iteration_its_own_key():
                           X3, jnp.int32(3), deriv="fwd", more_args=[(X3, jnp.int32(1))])
 
 
+@pytest.mark.parametrize("ad", ["jvp", "linearize", "vjp"])
+def test_while_loop_keys_are_per_iteration_under_jvp_linearize_and_vjp(ad):
+  """Forward-mode differentiation of a while loop inside the model (jax.linearize
+  and jax.vjp linearize it: JAX cannot transpose it, so vjp's primal only): each
+  iteration keeps its own key, and the primal is the plain loop's."""
+  def step(c):
+    w = purify.param("w", (3,), init=normal_init)
+    counter()
+    return jnp.tanh(c * w + jax.random.uniform(purify.next_rng_key(), (3,)))
+
+  def f(x, n):
+    return jax.lax.while_loop(lambda s: s[0] < n, lambda s: (s[0] + 1, step(s[1])),
+                              (jnp.int32(0), x))[1]
+
+  def differentiate(f, x, t):
+    if ad == "jvp":
+      return jax.jvp(f, (x,), (t,))
+    if ad == "linearize":
+      y, f_jvp = jax.linearize(f, x)
+      return y, f_jvp(t)
+    return jax.vjp(f, x)[0], None
+
+  def model(x, n):
+    return differentiate(lambda x: f(x, n), x, jnp.ones_like(x))
+
+  def ref_init(root, x, n):
+    return {"~": {"w": ref_param(root, "~/w", (3,))}}, {"~": {"n": jnp.zeros((), jnp.int32)}}
+
+  def ref_apply(params, state, root, x, n):
+    def loop(x):
+      c = x
+      for i in range(int(n)):
+        k = site_key(root, "~#0", loop=(i,))
+        c = jnp.tanh(c * params["~"]["w"] + jax.random.uniform(k, (3,)))
+      return c
+    return differentiate(loop, x, jnp.ones_like(x)), {"~": {"n": state["~"]["n"] + n}}
+
+  check_against_reference(purify.transform_with_state(model), ref_init, ref_apply, ROOT,
+                          X3, jnp.int32(3), deriv="fwd", more_args=[(X3, jnp.int32(1))])
+
+
 # ============================================================================ cond / switch
 class Branch(purify.Module):
   """A layer with a parameter and a key draw (site ``<module>#0``)."""

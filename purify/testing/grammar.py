@@ -119,7 +119,8 @@ class Cond:
 class Wrap:
   """A transform that runs its body once: "checkpoint", "jit", "custom_jvp" (run
   forward only), "grad" (of
-  ``sin(h).sum()``; ``h += grad``), "eval_shape" (the body is only traced), "scope"
+  ``sin(h).sum()``; ``h += grad``), "linearize" (``jax.linearize`` of the body in
+  ``h``; ``h = primal + jvp(ones)``), "eval_shape" (the body is only traced), "scope"
   (``purify.name_scope``)."""
   kind: str
   body: Block
@@ -185,7 +186,7 @@ def effects_in_control_flow_under_grad(program: Program) -> bool:
     for s in block.stmts:
       if isinstance(s, (Param, Draw)) and in_grad and in_cf:
         return True
-      grad = in_grad or (isinstance(s, Wrap) and s.kind == "grad")
+      grad = in_grad or (isinstance(s, Wrap) and s.kind in ("grad", "linearize"))
       cf = in_cf or (in_grad and (isinstance(s, _CONTROL_FLOW) or
                                   (isinstance(s, Wrap) and s.kind in ("jit", "checkpoint"))))
       if any(visit(b, grad, cf) for b in children(s)):
@@ -384,6 +385,11 @@ def to_source(program: Program, name: str = "model") -> str:
         L(f"{ind}  return jnp.sin(h).sum(), z")
         L(f"{ind}g, z = jax.grad({f}_loss, has_aux=True)(h, z)")
         L(f"{ind}h = h + g")
+      elif s.kind == "linearize":
+        L(f"{ind}def {f}_of_h(h):")
+        L(f"{ind}  return {f}(h, z)")
+        L(f"{ind}h_out, {f}_jvp, z = jax.linearize({f}_of_h, h, has_aux=True)")
+        L(f"{ind}h = h_out + {f}_jvp(jnp.ones_like(h))")
       elif s.kind == "eval_shape":
         L(f"{ind}out = jax.eval_shape({f}, h, z)")
         L(f"{ind}h = h + jnp.zeros(out[0].shape)")
@@ -407,6 +413,7 @@ class Ctx:
   in_eval_shape: bool = False
   loop_in_grad: bool = False  # inside a loop that is inside jax.grad
   in_custom: bool = False     # inside a custom_jvp function
+  in_linearize: bool = False  # inside jax.linearize
 
   @property
   def all_named(self):
@@ -414,7 +421,7 @@ class Ctx:
 
 
 ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint", "jit",
-                  "grad", "eval_shape", "scope", "custom_jvp")
+                  "grad", "linearize", "eval_shape", "scope", "custom_jvp")
 
 # Excluded constructs (each with the reason; see docs/testing.md):
 #  * state inside cond/switch under vmap: with a per-example predicate purify refuses
@@ -422,7 +429,8 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
 #    predicates will be per-example);
 #  * while_loop under jax.grad: JAX cannot reverse-differentiate while_loop;
 #  * state inside custom_jvp: refused by design (PurifyError; an invalid program);
-#  * custom_jvp under jax.grad (the rule printed is a pass-through, not a derivative);
+#  * custom_jvp under jax.grad or jax.linearize (the rule printed is a pass-through,
+#    not a derivative);
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
 #    loop semantics;
 #  * state inside eval_shape under vmap.
@@ -480,7 +488,8 @@ def _block(draw, ctx, depth, budget, node_kinds):
 
 
 def _node(draw, ctx, depth, budget, node_kinds):
-  allowed = [k for k in node_kinds if not (k in ("while", "custom_jvp") and ctx.in_grad)]
+  allowed = [k for k in node_kinds if not (k in ("while", "custom_jvp") and ctx.in_grad)
+             and not (k == "custom_jvp" and ctx.in_linearize)]
   k = draw(st.sampled_from(allowed))
   sub = lambda c: _block(draw, c, depth, budget, node_kinds)  # noqa: E731
   if k in ("scan", "fori", "while") and ctx.in_grad:
@@ -504,6 +513,8 @@ def _node(draw, ctx, depth, budget, node_kinds):
     return Cond(tuple(sub(c) for _ in range(n)))
   if k == "grad":
     return Wrap("grad", sub(dataclasses.replace(ctx, in_grad=True)))
+  if k == "linearize":
+    return Wrap("linearize", sub(dataclasses.replace(ctx, in_linearize=True)))
   if k == "eval_shape":
     return Wrap("eval_shape", sub(dataclasses.replace(ctx, in_eval_shape=True)))
   if k == "custom_jvp":

@@ -174,6 +174,8 @@ class _Interp:
         return lanes
       if s.kind == "grad":
         return self.grad(s, lanes)
+      if s.kind == "linearize":
+        return self.linearize(s, lanes)
     raise TypeError(s)
 
   def param(self, module, name, ln):
@@ -294,6 +296,22 @@ class _Interp:
     gs, (zs, state) = jax.grad(loss, has_aux=True)([ln.h for ln in lanes])
     self.state = dict(state)
     return [rep(ln, h=ln.h + gh, z=z) for ln, gh, z in zip(lanes, gs, zs)]
+
+
+  def linearize(self, s, lanes):
+    rep = dataclasses.replace
+    saved = dict(self.state)
+
+    def fwd(hs):
+      self.state = dict(saved)
+      res = self.block(s.body, [rep(ln, h=h) for ln, h in zip(lanes, hs)])
+      written, self.state = self.state, saved
+      return [r.h for r in res], ([r.z for r in res], written)
+
+    hs, jvp, (zs, state) = jax.linearize(fwd, [ln.h for ln in lanes], has_aux=True)
+    ts = jvp([jnp.ones_like(ln.h) for ln in lanes])
+    self.state = dict(state)
+    return [rep(ln, h=h + t, z=z) for ln, h, t, z in zip(lanes, hs, ts, zs)]
 
 
 def apply(program: g.Program, params, state, root, x, n):
