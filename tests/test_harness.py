@@ -4,7 +4,7 @@ Each property is one test over programs from ``purify.testing.grammar``: leaves
 (parameter uses, Linear layers, RNG draws, state counters and accumulators,
 elementwise ops) under nested jax.vmap (named or not), lax.scan (forward/reverse,
 unroll), fori_loop, while_loop, cond, switch, jax.checkpoint, jax.jit, jax.grad,
-jax.eval_shape, purify.name_scope and the drop-ins purify.vmap(split_rng=False /
+jax.linearize, jax.eval_shape, purify.name_scope and the drop-ins purify.vmap(split_rng=False /
 param_axes=0) and purify.scan(param_axes=0), nested up to depth 4.
 
 Profiles (``purify.testing.profiles``): "ci" (default, derandomized, a few minutes)
