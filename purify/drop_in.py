@@ -199,15 +199,39 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
 
 def map(f, xs, *, batch_size=None, split_rng: bool = True, param_axes=None):  # noqa: A001
   """``jax.lax.map`` with effect policies: ``split_rng=False`` gives every element the
-  same keys; ``param_axes=0`` gives element ``i`` its own slice of parameters."""
+  same keys; ``param_axes=0`` gives element ``i`` its own slice of parameters.
+
+  With a ``batch_size`` that does not divide the number of elements, ``jax.lax.map``
+  calls ``f`` twice (a scan over full batches, then the remainder on its own), so
+  modules ``f`` creates are created twice: the last elements get parameters of their
+  own. ``purify.map`` calls ``f`` once: it maps over the elements padded to whole
+  batches (with copies of the first elements, so no padding value is ever one ``f``
+  has not seen) and drops the padding's results. Keys are per (batch, lane)."""
   stacked, _ = _param_selector(param_axes, "purify.map")
-  if _context.maybe_frame() is None or (split_rng and not stacked):
+  if _context.maybe_frame() is None:
     return jax.lax.map(f, xs, batch_size=batch_size)
-  if batch_size is not None:
+  if batch_size is not None and (stacked or not split_rng):
     raise errors.PurifyError(
         "purify.map(batch_size=...) with split_rng=False or param_axes: not supported; "
         "use purify.vmap inside purify.map over chunks, or drop batch_size.")
+  if not stacked and split_rng:
+    n = _leading_size(xs, "purify.map")
+    if batch_size is not None and 0 < n < batch_size:
+      batch_size = n                     # (else JAX scans no batch and maps a remainder)
+    if batch_size is None or n % batch_size == 0:
+      return jax.lax.map(f, xs, batch_size=batch_size)
+    whole = -(-n // batch_size) * batch_size
+    padded = jax.tree_util.tree_map(lambda x: x[jnp.arange(whole) % n], xs)
+    ys = jax.lax.map(f, padded, batch_size=batch_size)
+    return jax.tree_util.tree_map(lambda y: y[:n], ys)
   return scan(lambda c, x: (c, f(x)), None, xs, split_rng=split_rng, param_axes=param_axes)[1]
+
+
+def _leading_size(xs, where) -> int:
+  leaves = jax.tree_util.tree_leaves(xs)
+  if not leaves:
+    raise ValueError(f"{where}: xs has no arrays to map over")
+  return int(jnp.shape(leaves[0])[0])
 
 
 def fori_loop(lower, upper, body_fun, init_val, *, unroll=None, split_rng: bool = True,

@@ -34,6 +34,29 @@ def test_map_with_per_element_params_and_one_key_for_all():
   check_against_reference(purify.transform(model), ref_init, ref_apply, ROOT, jnp.ones((3, 2)))
 
 
+@pytest.mark.parametrize("n,batch_size", [(5, 2), (5, 3), (2, 4), (6, 3)])
+def test_map_batch_size_calls_the_function_once_so_modules_are_shared(n, batch_size):
+  """jax.lax.map(batch_size=k) calls f a second time for a remainder (and for a
+  batch larger than the input): a module f creates would be created twice, the
+  last elements' parameters their own. purify.map traces f once: every element
+  uses the one module, and element b*k + l draws with the key of batch b, lane l."""
+  def model(xs):
+    def f(x):
+      return purify.nn.Linear(2)(x), bits(purify.next_rng_key(), (2,))
+    return purify.map(f, xs, batch_size=batch_size)
+
+  xs = jnp.arange(3.0 * n).reshape(n, 3)
+  t = purify.transform(model)
+  params = t.init(ROOT, xs)
+  assert list(params) == ["linear"]
+  ys, drawn = t.apply(params, ROOT, xs)
+  w, b = params["linear"]["w"], params["linear"]["b"]
+  np.testing.assert_allclose(ys, xs @ w + b, rtol=1e-6, atol=1e-6)
+  k = min(batch_size, n)
+  want = [bits(site_key(ROOT, "~#0", loop=(i // k,), batch=(i % k,)), (2,)) for i in range(n)]
+  np.testing.assert_array_equal(drawn, np.stack(want))
+
+
 def test_fori_loop_layer_stack_and_shared_keys():
   def model(x):
     def body(i, h):
