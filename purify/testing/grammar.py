@@ -432,7 +432,9 @@ ALL_NODE_KINDS = ("vmap", "scan", "fori", "while", "cond", "switch", "checkpoint
 #  * custom_jvp under jax.grad or jax.linearize (the rule printed is a pass-through,
 #    not a derivative);
 #  * pmean-reduced state under jax.grad: the transpose of pmean is JAX's business, not
-#    loop semantics;
+#    loop semantics; under jax.linearize: the reference interpreter checks that such
+#    a write is the same for every example on concrete values, which linearize
+#    traces;
 #  * state inside eval_shape under vmap.
 
 
@@ -448,7 +450,8 @@ def _leaf(draw, ctx: Ctx, budget: _Budget):
   options = ["op", "draw", "param_mul", "counter", "accum", "param_matmul", "linear"]
   state_ok = not ctx.cond_under_vmap and not (ctx.in_eval_shape and ctx.vmaps) and \
       not ctx.in_custom
-  accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad))
+  accum_ok = state_ok and (not ctx.vmaps or (ctx.all_named and not ctx.in_grad
+                                               and not ctx.in_linearize))
   if not state_ok:
     options.remove("counter")
   if not accum_ok:
