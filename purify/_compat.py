@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 
 import jax
 import numpy as np
@@ -88,18 +89,23 @@ def register_effect_type(effect_type) -> None:
     s.add_type(effect_type)
 
 
-# How deep JAX's loop-invariance checks are nested right now (see stage_unknown_rule).
-_HOISTING = [0]
+class _Hoisting(threading.local):
+  """How deep JAX's loop-invariance checks are nested in this thread right now (see
+  stage_unknown_rule)."""
+  depth = 0
+
+
+_HOISTING = _Hoisting()
 
 
 def _counts_as_hoisting(fn):
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
-    _HOISTING[0] += 1
+    _HOISTING.depth += 1
     try:
       return fn(*args, **kwargs)
     finally:
-      _HOISTING[0] -= 1
+      _HOISTING.depth -= 1
   wrapped.__purify_hoisting__ = True
   return wrapped
 
@@ -142,7 +148,7 @@ def stage_unknown_rule(prim):
   _mark_hoisting()
 
   def rule(trace, *tracers, **params):
-    if not _HOISTING[0]:
+    if not _HOISTING.depth:
       return trace.default_process_primitive(prim, tracers, params)
     out_avals, effs = prim.abstract_eval(*[t.aval for t in tracers], **params)
     outs = _stage_unknown(trace, prim, tracers, params,
@@ -167,7 +173,7 @@ def stage_remat_unknown_when(stage) -> None:
   original = custom_partial_eval_rules[remat_p]
 
   def rule(trace, *tracers, jaxpr, **params):
-    if not _HOISTING[0] or not stage(jaxpr.effects):
+    if not _HOISTING.depth or not stage(jaxpr.effects):
       return original(trace, *tracers, jaxpr=jaxpr, **params)
     return _stage_unknown(trace, remat_p, tracers, dict(params, jaxpr=jaxpr),
                           [v.aval for v in jaxpr.outvars], _core.positional_effects(jaxpr))
