@@ -62,6 +62,10 @@ class PerExampleDrawError(PurifyError, ValueError):
   pass
 
 
+class InvalidKeyError(PurifyError, TypeError):
+  pass
+
+
 EFFECT_OUTSIDE_TRANSFORM = """\
 purify.{fn}({what}) was called outside a purify transform.
 tl;dr: wrap the function that calls it with purify.transform (or
@@ -111,6 +115,12 @@ Fix it by reducing over a named vmap axis before writing:
         jax.vmap(f, axis_name="batch") and
         purify.set_state(name, jax.lax.pmean(value, "batch"))
 or keep per-example values out of state (return them as outputs instead)."""
+
+INVALID_KEY = """\
+{where}: rng must be a PRNG key or None, got {got}.
+Pass jax.random.key(seed) (a typed key) or jax.random.PRNGKey(seed) (a raw {raw}), or
+None when nothing is initialized or drawn. (For transform_with_state, apply takes
+(params, state, rng, *args).)"""
 
 PER_EXAMPLE_DRAW = """\
 {jax_error}

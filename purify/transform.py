@@ -57,6 +57,28 @@ def _key_kind(rng):
   return (tuple(aval.shape), aval.dtype)
 
 
+def _check_key(rng, where: str) -> None:
+  """``rng`` is None, a typed key (``jax.random.key``) or a raw key
+  (``jax.random.PRNGKey``): else a ``TypeError`` naming what was given (not a crash
+  of a pass that derives keys from it)."""
+  if rng is None:
+    return
+  try:
+    aval = jax.typeof(rng)
+  except TypeError:
+    aval = None
+  dtype = getattr(aval, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if tuple(aval.shape) == ():
+      return
+  else:
+    raw = keys.default_key_aval()
+    if dtype == raw.dtype and tuple(getattr(aval, "shape", ())) == tuple(raw.shape):
+      return
+  got = aval.str_short() if hasattr(aval, "str_short") else repr(type(rng).__name__)
+  raise errors.InvalidKeyError(errors.INVALID_KEY.format(where=where, got=got, raw=keys.default_key_aval().str_short()))
+
+
 class _Purified:
   """The shared core of one transform: the trace cache and the runners."""
 
@@ -68,7 +90,8 @@ class _Purified:
     self.trace_count = 0
     functools.update_wrapper(self, f)
 
-  def compiled(self, rng, args, kwargs) -> tuple[Compiled, list]:
+  def compiled(self, rng, args, kwargs, where="init(rng, ...)") -> tuple[Compiled, list]:
+    _check_key(rng, where)
     sig, dyn = trace_lib.signature_of(args, kwargs)
     kind = _key_kind(rng)
     entries = self.cache.setdefault(sig, {})
@@ -126,7 +149,8 @@ class _Purified:
         raise TypeError("apply(params, rng, *args) needs rng (it may be None)")
       state, rng, args = None, rest[0], rest[1:]
     with _context.no_frame():
-      c, dyn = self.compiled(rng, args, kwargs)
+      c, dyn = self.compiled(rng, args, kwargs, "apply(params, state, rng, ...)"
+                             if self.with_state else "apply(params, rng, ...)")
     prog = c.program
     flat_params = _flatten_checked(params, prog.params, "params")
     flat_state = _flatten_checked(state or {}, prog.states, "state") if self.with_state else []

@@ -169,6 +169,31 @@ def test_rng_draw_with_rng_none_in_apply():
   assert t.apply(params, jax.random.PRNGKey(1), x).shape == (3,)
 
 
+@pytest.mark.parametrize("rng, got", [(0, "int32[]"), (jnp.ones(3, jnp.uint32), "uint32[3]"),
+                                      (jnp.ones(2, jnp.float32), "float32[2]"),
+                                      (jax.random.split(jax.random.key(0), 2), "key<fry>[2]")])
+def test_init_and_apply_with_something_that_is_not_a_key(rng, got):
+  t = purify.transform(lambda x: purify.nn.Linear(2)(x))
+  with pytest.raises(errors.InvalidKeyError) as ei:
+    t.init(rng, jnp.ones((1, 3)))
+  assert "init(rng, ...)" in str(ei.value) and got in str(ei.value)
+  assert "jax.random.key(seed)" in str(ei.value)
+  params = t.init(ROOT, jnp.ones((1, 3)))
+  with pytest.raises(errors.InvalidKeyError, match=r"apply\(params, rng, \.\.\.\)"):
+    t.apply(params, rng, jnp.ones((1, 3)))
+
+
+def test_apply_of_a_stateful_model_without_its_state_says_the_signature():
+  """transform_with_state's apply(params, rng, x) (state forgotten): the argument
+  taken for rng is x, which is not a key; the error gives the signature."""
+  t = purify.transform_with_state(lambda x: purify.get_state("s", (3,), init=jnp.zeros) + x)
+  params, state = t.init(None, jnp.ones(3))
+  with pytest.raises(errors.InvalidKeyError) as ei:
+    t.apply(params, None, jnp.ones(3))
+  assert "apply(params, state, rng, ...)" in str(ei.value) and "float32[3]" in str(ei.value)
+  assert "(params, state, rng, *args)" in str(ei.value)
+
+
 def test_init_with_rng_none_when_there_are_params():
   t = purify.transform(_two_params)
   with pytest.raises(errors.MissingRngError, match="init"):
