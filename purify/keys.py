@@ -101,6 +101,12 @@ def is_typed_key(x) -> bool:
 
 
 def default_key_aval():
-  """ShapedArray of the default root key (a raw ``PRNGKey``)."""
-  sds = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  """ShapedArray of the default root key (a raw ``PRNGKey``) of the default PRNG
+  implementation (``jax_default_prng_impl``; computed once an implementation)."""
+  return _default_key_aval(jax.config.jax_default_prng_impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_key_aval(impl_name):
+  sds = jax.eval_shape(lambda: jax.random.PRNGKey(0))     # (~250 us: once)
   return jax.core.ShapedArray(sds.shape, sds.dtype)

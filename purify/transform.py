@@ -53,8 +53,14 @@ class Compiled:
 def _key_kind(rng):
   if rng is None:
     return None
-  aval = jax.typeof(rng)
-  return (tuple(aval.shape), aval.dtype)
+  shape, dtype = getattr(rng, "shape", None), getattr(rng, "dtype", None)
+  if shape is None or dtype is None:      # (jax.typeof of a typed key: ~16 us a call)
+    aval = jax.typeof(rng)
+    shape, dtype = aval.shape, aval.dtype
+  return (tuple(shape), dtype)
+
+
+_KEY_KINDS: set = set()       # (shape, dtype) of the keys seen valid
 
 
 def _check_key(rng, where: str) -> None:
@@ -64,16 +70,24 @@ def _check_key(rng, where: str) -> None:
   if rng is None:
     return
   try:
+    kind = _key_kind(rng)
+  except TypeError:
+    kind = (None, None)
+  if kind in _KEY_KINDS:                 # (this runs on every init/apply call)
+    return
+  try:
     aval = jax.typeof(rng)
   except TypeError:
     aval = None
   dtype = getattr(aval, "dtype", None)
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     if tuple(aval.shape) == ():
+      _KEY_KINDS.add(kind)
       return
   else:
     raw = keys.default_key_aval()
     if dtype == raw.dtype and tuple(getattr(aval, "shape", ())) == tuple(raw.shape):
+      _KEY_KINDS.add(kind)
       return
   got = aval.str_short() if hasattr(aval, "str_short") else repr(type(rng).__name__)
   raise errors.InvalidKeyError(errors.INVALID_KEY.format(where=where, got=got, raw=keys.default_key_aval().str_short()))
