@@ -505,6 +505,58 @@ def test_key_drawn_in_nested_checkpoints_in_a_loop_under_grad_is_still_per_step(
   assert len({tuple(np.asarray(k)) for k in keeps}) > 1
 
 
+def _metamorphic_layer(c):
+  w = purify.param("w", (3,), init=normal_init)
+  return jnp.tanh(c * w + jax.random.normal(purify.next_rng_key(), c.shape))
+
+
+_LOOPS = {
+    "scan": lambda body, c: jax.lax.scan(lambda c, _: (body(c), None), c, None, length=3)[0],
+    "fori": lambda body, c: jax.lax.fori_loop(0, 3, lambda i, c: body(c), c),
+    "while": lambda body, c: jax.lax.while_loop(
+        lambda s: s[0] < 3, lambda s: (s[0] + 1, body(s[1])), (0, c))[1],
+    "cond_in_scan": lambda body, c: jax.lax.scan(lambda c, _: (jax.lax.cond(
+        c.sum() > 100, lambda c: c, body, c), None), c, None, length=2)[0],
+    "vmap_in_scan": lambda body, c: jax.lax.scan(
+        lambda c, _: (jax.vmap(body)(c[None])[0], None), c, None, length=2)[0],
+}
+_AUX = lambda y: (y.sum(), y)  # noqa: E731
+_ADS = {
+    "jvp": lambda f, x: jax.jvp(f, (x,), (jnp.ones_like(x),))[0],
+    "linearize": lambda f, x: jax.linearize(f, x)[0],
+    "vjp": lambda f, x: jax.vjp(f, x)[0],
+    "grad": lambda f, x: jax.grad(lambda x: _AUX(f(x)), has_aux=True)(x)[1],
+    "grad_of_grad": lambda f, x: jax.grad(lambda x: _AUX(jax.grad(
+        lambda y: _AUX(f(y)), has_aux=True)(x)[1]), has_aux=True)(x)[1],
+    "jacrev": lambda f, x: jax.jacrev(lambda x: (lambda y: (y, y))(f(x)), has_aux=True)(x)[1],
+}
+
+
+# (JAX cannot reverse-differentiate a while loop: forward mode only there)
+_AD_CASES = [(loop, ad, depth) for loop in sorted(_LOOPS) for ad in sorted(_ADS)
+             for depth in (0, 2) if loop != "while" or ad in ("jvp", "linearize", "vjp")]
+
+
+@pytest.mark.parametrize("loop,ad,depth", _AD_CASES)
+def test_differentiating_inside_the_model_keeps_the_values_of_the_plain_call(loop, ad, depth):
+  """Metamorphic: the primal of jvp / linearize / vjp / grad / grad of grad / jacrev
+  of a model piece (a loop whose body draws, behind ``depth`` nested checkpoints)
+  is the value of the plain call: the same keys, a key a step (it found a draw
+  hoisted out of the loop, and jax.linearize of a while loop failing)."""
+  def piece(x):
+    body = _metamorphic_layer
+    for _ in range(depth):
+      body = jax.checkpoint(body)
+    return _LOOPS[loop](body, x)
+
+  plain = purify.transform(piece)
+  differentiated = purify.transform(lambda x: _ADS[ad](piece, x))
+  params = plain.init(ROOT, X3)
+  want = plain.apply(params, jax.random.PRNGKey(1), X3)
+  got = differentiated.apply(params, jax.random.PRNGKey(1), X3)
+  np.testing.assert_allclose(got, want, **FLOAT_TOL)
+
+
 # ============================================================================ eval_shape
 def test_eval_shape_declares_params_that_init_creates_and_writes_no_state():
   def model(x):                                          # x: (2, 3)
