@@ -183,18 +183,22 @@ def stage_remat_unknown_when(stage) -> None:
 def recompute_in_policy_partial_eval(prim) -> None:
   """In JAX's policy-driven partial evaluation (``pe.partial_eval_jaxpr_custom``: a
   checkpoint's, and a while loop's inside one), an operand-less effect primitive
-  is known AND recomputed where the staged part needs it, as a pure equation is
-  under ``nothing_saveable``, instead of JAX's rule for effects (known only, its
-  result a residual). A while loop cannot have residuals: JAX asserted
+  is known AND recomputed where the staged part needs it, as a pure equation the
+  policy does not save is, instead of JAX's rule for effects (known only, its
+  result a residual; kept where the policy saves it). A while loop cannot have residuals: JAX asserted
   (``_while_partial_eval_custom``: ``assert not num_res``) on a parameter read in a
   while loop in a checkpoint under ``jax.linearize``. Recomputing is exact: a
   parameter read is the same value wherever it is; a draw's key is a function of
   its site and loop indices, the same in both copies (what remat's recomputation
   relies on anyway)."""
   def rule(saveable, unks_in, inst_in, eqn):
-    if any(unks_in):                          # (operand-less: never)
-      return None, eqn, [True] * len(eqn.outvars), [True] * len(eqn.outvars), []
     n = len(eqn.outvars)
+    if any(unks_in):                          # (operand-less: never)
+      return None, eqn, [True] * n, [True] * n, []
+    policy = _pe.ensure_enum(saveable(eqn.primitive, *[v.aval for v in eqn.invars],
+                                      **eqn.params))
+    if isinstance(policy, _pe.SaveableType):  # the policy saves it: JAX's rule
+      return eqn, None, [False] * n, [False] * n, []
     return eqn, eqn, [False] * n, [True] * n, []
   _pe.partial_eval_jaxpr_custom_rules[prim] = rule
 
