@@ -181,3 +181,31 @@ def test_jax_leak_checker_false_positive_canary():
   with pytest.raises(Exception, match="Leaked trace JaxprTrace"):
     with jax.checking_leaks():
       jax.make_jaxpr(jax.grad(f))(1.)
+
+
+def test_floats_of_derivatives_of_derivatives_get_ten_times_the_tolerance():
+  """checks.tolerance: a grad/linearize inside a grad/linearize (at any depth, through
+  loops) compares floats with 10x rtol/atol; one level, or none, the defaults."""
+  B = lambda *s: grammar.Block(tuple(s))  # noqa: E731
+  nested = grammar.Program(2, B(grammar.Wrap("grad", B(grammar.Scan(2, False, 1, "jax", B(
+      grammar.Wrap("linearize", B(grammar.Op("tanh")))))))))
+  side_by_side = grammar.Program(2, B(grammar.Wrap("grad", B()), grammar.Wrap("linearize", B())))
+  assert grammar.ad_depth(nested) == 2 and grammar.ad_depth(side_by_side) == 1
+  assert checks.tolerance(nested) == dict(rtol=10 * checks.RTOL, atol=10 * checks.ATOL)
+  assert checks.tolerance(side_by_side) == dict(rtol=checks.RTOL, atol=checks.ATOL)
+
+
+def test_the_hunts_grad_of_linearize_program_is_within_its_tolerance():
+  """Session 12's hunt: grad of linearize through nested scans, seed 6341: purify's
+  floats were 1.5e-4 (relative) from the reference under fast_compiles, beyond the
+  default tolerance, and equal with XLA's optimizations on. Within 10x."""
+  B = lambda *s: grammar.Block(tuple(s))  # noqa: E731
+  G = grammar
+  program = G.finalize(G.Program(3, B(
+      G.Param("linear"), G.Param("linear"), G.Wrap("grad", B(G.Wrap("linearize", B(G.Op("tanh"), G.Scan(
+          2, False, 1, "jax", B(G.Scan(3, False, 2, "jax", B(G.Counter(), G.Param("linear"))),
+                                G.Cond((B(G.Accum(), G.Accum()), B(G.Accum(), G.Op("tanh")))),
+                                G.Wrap("grad", B(G.Counter())))))))))))
+  with checks.fast_compiles():
+    checks.check_reference(program, 6341)
+

@@ -4,7 +4,9 @@ user's own model (:func:`check_model`).
 Tolerances: integers, booleans and keys (everything RNG-derived that is not a
 float) are compared bitwise; floats with ``rtol=1e-4, atol=1e-5`` by default (the
 purified program and the reference compute the same math, but XLA may fuse and
-reassociate differently).
+reassociate differently), ten times that for a generated program that
+differentiates a derivative (a grad/linearize inside a grad/linearize:
+:func:`tolerance`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ from purify.testing import reference as ref
 
 RTOL = 1e-4
 ATOL = 1e-5
+
+
+def tolerance(program: g.Program) -> dict:
+  """``rtol``/``atol`` for ``program``'s floats: the defaults, ten times them when it
+  differentiates a derivative. Second derivatives through ``tanh`` and nested
+  loops amplify last-bit differences between XLA's evaluation (unoptimized, under
+  :func:`fast_compiles`) and the reference's op-by-op one: session 12's hunt met a
+  1.5e-4 relative difference that disappears with XLA's optimizations on (the same
+  program, keys and parameters; a wrong key or parameter differs by O(1))."""
+  scale = 10.0 if g.ad_depth(program) >= 2 else 1.0
+  return dict(rtol=RTOL * scale, atol=ATOL * scale)
 
 
 class ModelCheckError(AssertionError):
@@ -132,20 +145,21 @@ def check_reference(program: g.Program, seed: int = 0):
   two applies in a row (outputs and state)."""
   _count("reference", program)
   t = transformed(program)
+  tol = tolerance(program)
   x, n = inputs(program, seed)
   k0, k1, k2 = jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1), jax.random.PRNGKey(seed + 2)
   params, state = t.init(k0, x, n)
   rparams, rstate = ref.init(program, k0)
-  assert_trees_close(params, rparams, "init params")
-  assert_trees_close(state, rstate, "init state")
+  assert_trees_close(params, rparams, "init params", **tol)
+  assert_trees_close(state, rstate, "init state", **tol)
   out, st1 = t.apply(rparams, rstate, k1, x, n)
   rout, rst1 = ref.apply(program, rparams, rstate, k1, x, n)
-  assert_trees_close(out, rout, "apply output")
-  assert_trees_close(st1, rst1, "apply state")
+  assert_trees_close(out, rout, "apply output", **tol)
+  assert_trees_close(st1, rst1, "apply state", **tol)
   out, st2 = t.apply(rparams, rst1, k2, x, n)
   rout, rst2 = ref.apply(program, rparams, rst1, k2, x, n)
-  assert_trees_close(out, rout, "second apply output")
-  assert_trees_close(st2, rst2, "second apply state")
+  assert_trees_close(out, rout, "second apply output", **tol)
+  assert_trees_close(st2, rst2, "second apply state", **tol)
 
 
 def check_jit(program: g.Program, seed: int = 0):
@@ -156,7 +170,7 @@ def check_jit(program: g.Program, seed: int = 0):
   params, state = ref.init(program, jax.random.PRNGKey(seed))
   k = jax.random.PRNGKey(seed + 1)
   assert_trees_close(jax.jit(t.apply)(params, state, k, x, n), t.apply(params, state, k, x, n),
-                     "jit(apply) vs apply")
+                     "jit(apply) vs apply", **tolerance(program))
 
 
 def check_determinism(program: g.Program, seed: int = 0):
@@ -201,7 +215,7 @@ def check_vmap(program: g.Program, seed: int = 0, batch: int = 2):
   got = jax.vmap(t.apply, in_axes=(None, None, None, 0, 0))(params, state, k, X, N)
   outs = [t.apply(params, state, k, x, n) for x, n in zip(xs, ns)]
   want = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
-  assert_trees_close(got, want, "vmap(apply) vs loop")
+  assert_trees_close(got, want, "vmap(apply) vs loop", **tolerance(program))
 
 
 def effect_primitives(closed_jaxpr) -> list:

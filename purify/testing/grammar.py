@@ -173,6 +173,18 @@ def children(s):
   return ()
 
 
+def ad_depth(program: Program) -> int:
+  """How deeply ``jax.grad`` / ``jax.linearize`` nodes nest in ``program`` (2: a
+  derivative of a derivative)."""
+  def depth(block):
+    best = 0
+    for s in block.stmts:
+      own = int(isinstance(s, Wrap) and s.kind in ("grad", "linearize"))
+      best = max([best] + [own + depth(b) for b in children(s)])
+    return best
+  return depth(program.body)
+
+
 _CONTROL_FLOW = (Scan, Fori, While, Cond)
 
 
