@@ -215,10 +215,12 @@ def map(f, xs, *, batch_size=None, split_rng: bool = True, param_axes=None):  # 
         "purify.map(batch_size=...) with split_rng=False or param_axes: not supported; "
         "use purify.vmap inside purify.map over chunks, or drop batch_size.")
   if not stacked and split_rng:
+    if batch_size is None:
+      return jax.lax.map(f, xs)
     n = _leading_size(xs, "purify.map")
-    if batch_size is not None and 0 < n < batch_size:
+    if 0 < n < batch_size:
       batch_size = n                     # (else JAX scans no batch and maps a remainder)
-    if batch_size is None or n % batch_size == 0:
+    if n % batch_size == 0:
       return jax.lax.map(f, xs, batch_size=batch_size)
     whole = -(-n // batch_size) * batch_size
     padded = jax.tree_util.tree_map(lambda x: x[jnp.arange(whole) % n], xs)
