@@ -39,6 +39,7 @@ from purify import _compat
 from purify import effects as fx
 from purify import errors
 from purify import passes as passes_lib
+from purify.passes import stacks_as_xs
 from purify.passes.base import Pass, Pipeline
 from purify.trace import Program
 
@@ -663,3 +664,27 @@ def test_a_scan_combining_a_closed_over_array_with_a_literal_is_rewritten():
     k = keys.rng_key(keys.fold_indices(rng, i), "~#0")
     want = want + 6.0 * x.sum() + jax.random.normal(k)
   assert_close(t.apply(params, rng, x), want)
+  # the pass skips a program without stacked parameters: call its rewrite directly
+  before = dict(purify.explain(f, x))["fuse_init_tails"]
+  assert stacks_as_xs.rewrite(before.jaxpr) is before.jaxpr      # nothing to rewrite, no crash
+
+
+def test_stacks_as_xs_walks_only_programs_with_stacked_parameters(monkeypatch):
+  """A program without stacked parameters is not walked (its jaxpr kept); one with
+  them (purify.scan(param_axes=0)) is walked and rewritten."""
+  walked, rewrite = [], stacks_as_xs.rewrite
+  monkeypatch.setattr(stacks_as_xs, "rewrite", lambda j, *m: (walked.append(j), rewrite(j, *m))[1])
+  def plain(x):
+    return jax.lax.scan(lambda c, _: (purify.nn.Linear(2)(c), None), x, None, length=3)[0]
+
+  def stacked(x):
+    return purify.scan(lambda c, _: (purify.nn.Linear(2)(c), None), x, None, length=3,
+                       param_axes=0)[0]
+
+  x = jnp.ones((1, 2))
+  for f, rewritten in ((plain, False), (stacked, True)):
+    walked.clear()
+    steps = dict(purify.explain(f, x))
+    before, after = steps["fuse_init_tails"], steps["stacks_as_xs"]
+    assert (after.jaxpr is not before.jaxpr) == rewritten
+    assert bool(walked) == rewritten
