@@ -185,7 +185,8 @@ def recompute_in_policy_partial_eval(prim) -> None:
   checkpoint's, and a while loop's inside one), an operand-less effect primitive
   is known AND recomputed where the staged part needs it, as a pure equation the
   policy does not save is, instead of JAX's rule for effects (known only, its
-  result a residual; kept where the policy saves it). A while loop cannot have residuals: JAX asserted
+  result a residual; kept where the policy saves it). A while loop cannot have
+  residuals: JAX asserted
   (``_while_partial_eval_custom``: ``assert not num_res``) on a parameter read in a
   while loop in a checkpoint under ``jax.linearize``. Recomputing is exact: a
   parameter read is the same value wherever it is; a draw's key is a function of

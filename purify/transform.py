@@ -90,7 +90,8 @@ def _check_key(rng, where: str) -> None:
       _KEY_KINDS.add(kind)
       return
   got = aval.str_short() if hasattr(aval, "str_short") else repr(type(rng).__name__)
-  raise errors.InvalidKeyError(errors.INVALID_KEY.format(where=where, got=got, raw=keys.default_key_aval().str_short()))
+  raise errors.InvalidKeyError(errors.INVALID_KEY.format(
+      where=where, got=got, raw=keys.default_key_aval().str_short()))
 
 
 class _Purified:

@@ -201,11 +201,12 @@ def test_the_hunts_grad_of_linearize_program_is_within_its_tolerance():
   default tolerance, and equal with XLA's optimizations on. Within 10x."""
   B = lambda *s: grammar.Block(tuple(s))  # noqa: E731
   G = grammar
-  program = G.finalize(G.Program(3, B(
-      G.Param("linear"), G.Param("linear"), G.Wrap("grad", B(G.Wrap("linearize", B(G.Op("tanh"), G.Scan(
-          2, False, 1, "jax", B(G.Scan(3, False, 2, "jax", B(G.Counter(), G.Param("linear"))),
-                                G.Cond((B(G.Accum(), G.Accum()), B(G.Accum(), G.Op("tanh")))),
-                                G.Wrap("grad", B(G.Counter())))))))))))
+  outer = G.Scan(2, False, 1, "jax", B(
+      G.Scan(3, False, 2, "jax", B(G.Counter(), G.Param("linear"))),
+      G.Cond((B(G.Accum(), G.Accum()), B(G.Accum(), G.Op("tanh")))),
+      G.Wrap("grad", B(G.Counter()))))
+  program = G.finalize(G.Program(3, B(G.Param("linear"), G.Param("linear"), G.Wrap("grad", B(
+      G.Wrap("linearize", B(G.Op("tanh"), outer))))))))
   with checks.fast_compiles():
     checks.check_reference(program, 6341)
 
