@@ -206,7 +206,7 @@ def test_the_hunts_grad_of_linearize_program_is_within_its_tolerance():
       G.Cond((B(G.Accum(), G.Accum()), B(G.Accum(), G.Op("tanh")))),
       G.Wrap("grad", B(G.Counter()))))
   program = G.finalize(G.Program(3, B(G.Param("linear"), G.Param("linear"), G.Wrap("grad", B(
-      G.Wrap("linearize", B(G.Op("tanh"), outer))))))))
+      G.Wrap("linearize", B(G.Op("tanh"), outer)))))))
   with checks.fast_compiles():
     checks.check_reference(program, 6341)
 
