@@ -557,6 +557,34 @@ def test_differentiating_inside_the_model_keeps_the_values_of_the_plain_call(loo
   np.testing.assert_allclose(got, want, **FLOAT_TOL)
 
 
+@pytest.mark.parametrize("policy", [None, "everything_saveable", "dots_saveable"])
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("loop", ["scan", "fori"])
+def test_checkpoints_around_a_loop_keep_the_gradient(loop, depth, policy):
+  """jax.checkpoint around a loop whose body draws, under a jax.grad taken in the
+  model: the gradient is the one without checkpoints (the backward pass recomputes
+  each step's draw with that step's key, or saves it, as the policy says)."""
+  pol = policy and getattr(jax.checkpoint_policies, policy)
+
+  def grad_of(wrap):
+    def model(x):
+      f = wrap(lambda c: _LOOPS[loop](_metamorphic_layer, c))
+      return jax.grad(lambda x: f(x).sum())(x)
+    return purify.transform(model)
+
+  def checkpointed(f):
+    for _ in range(depth):
+      f = jax.checkpoint(f, policy=pol)
+    return f
+
+  plain = grad_of(lambda f: f)
+  params = plain.init(ROOT, X3)
+  want = plain.apply(params, jax.random.PRNGKey(1), X3)
+  got = grad_of(checkpointed).apply(params, jax.random.PRNGKey(1), X3)
+  np.testing.assert_allclose(got, want, **GRAD_TOL)
+  assert np.abs(want).min() > 0
+
+
 # ============================================================================ eval_shape
 def test_eval_shape_declares_params_that_init_creates_and_writes_no_state():
   def model(x):                                          # x: (2, 3)
