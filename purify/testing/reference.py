@@ -280,38 +280,42 @@ class _Interp:
           out[i] = r
     return out
 
-  def grad(self, s, lanes):
+  def _body_of_h(self, s, lanes):
+    """``s``'s body as a function of the lanes' ``h`` (for jax.grad / linearize):
+    ``hs -> (result lanes, the state it wrote)``. The state is handed out, never
+    kept: the interpreter must not hold a differentiation's tracers once it ends."""
     rep = dataclasses.replace
     saved = dict(self.state)
 
-    def loss(hs):
+    def run(hs):
       self.state = dict(saved)
       res = self.block(s.body, [rep(ln, h=h) for ln, h in zip(lanes, hs)])
-      total = sum(jnp.sin(r.h).sum() for r in res)
-      # hand the state out as aux only: the interpreter must not hold this
-      # differentiation's tracers once it ends
       written, self.state = self.state, saved
-      return total, ([r.z for r in res], written)
+      return res, written
+    return run
+
+  def grad(self, s, lanes):
+    run = self._body_of_h(s, lanes)
+
+    def loss(hs):
+      res, written = run(hs)
+      return sum(jnp.sin(r.h).sum() for r in res), ([r.z for r in res], written)
 
     gs, (zs, state) = jax.grad(loss, has_aux=True)([ln.h for ln in lanes])
     self.state = dict(state)
-    return [rep(ln, h=ln.h + gh, z=z) for ln, gh, z in zip(lanes, gs, zs)]
-
+    return [dataclasses.replace(ln, h=ln.h + gh, z=z) for ln, gh, z in zip(lanes, gs, zs)]
 
   def linearize(self, s, lanes):
-    rep = dataclasses.replace
-    saved = dict(self.state)
+    run = self._body_of_h(s, lanes)
 
     def fwd(hs):
-      self.state = dict(saved)
-      res = self.block(s.body, [rep(ln, h=h) for ln, h in zip(lanes, hs)])
-      written, self.state = self.state, saved
+      res, written = run(hs)
       return [r.h for r in res], ([r.z for r in res], written)
 
     hs, jvp, (zs, state) = jax.linearize(fwd, [ln.h for ln in lanes], has_aux=True)
     ts = jvp([jnp.ones_like(ln.h) for ln in lanes])
     self.state = dict(state)
-    return [rep(ln, h=h + t, z=z) for ln, h, t, z in zip(lanes, hs, ts, zs)]
+    return [dataclasses.replace(ln, h=h + t, z=z) for ln, h, t, z in zip(lanes, hs, ts, zs)]
 
 
 def apply(program: g.Program, params, state, root, x, n):
