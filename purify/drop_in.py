@@ -172,12 +172,8 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, *,
       return user_f(c, x)
     if not stacked and state_axes is None:
       return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
-  if length is None:
-    leaves = jax.tree_util.tree_leaves(xs)
-    if not leaves:
-      raise ValueError("purify.scan: pass length= when xs is None")
-    length = jnp.shape(leaves[0])[0]
-  n = int(length)
+  n = int(length) if length is not None else _leading_size(
+      xs, "purify.scan: pass length= when xs is None")
 
   def body(c, x_i):
     x, i = x_i
@@ -217,7 +213,7 @@ def map(f, xs, *, batch_size=None, split_rng: bool = True, param_axes=None):  # 
   if not stacked and split_rng:
     if batch_size is None:
       return jax.lax.map(f, xs)
-    n = _leading_size(xs, "purify.map")
+    n = _leading_size(xs, "purify.map: xs has no arrays to map over")
     if 0 < n < batch_size:
       batch_size = n                     # (else JAX scans no batch and maps a remainder)
     if n % batch_size == 0:
@@ -229,10 +225,12 @@ def map(f, xs, *, batch_size=None, split_rng: bool = True, param_axes=None):  # 
   return scan(lambda c, x: (c, f(x)), None, xs, split_rng=split_rng, param_axes=param_axes)[1]
 
 
-def _leading_size(xs, where) -> int:
+def _leading_size(xs, message) -> int:
+  """The length of ``xs``'s leading axis (its first leaf's); ``ValueError(message)``
+  when it has no leaf."""
   leaves = jax.tree_util.tree_leaves(xs)
   if not leaves:
-    raise ValueError(f"{where}: xs has no arrays to map over")
+    raise ValueError(message)
   return int(jnp.shape(leaves[0])[0])
 
 

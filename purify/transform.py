@@ -63,18 +63,18 @@ def _key_kind(rng):
 _KEY_KINDS: set = set()       # (shape, dtype) of the keys seen valid
 
 
-def _check_key(rng, where: str) -> None:
-  """``rng`` is None, a typed key (``jax.random.key``) or a raw key
-  (``jax.random.PRNGKey``): else a ``TypeError`` naming what was given (not a crash
-  of a pass that derives keys from it)."""
+def _checked_key_kind(rng, where: str):
+  """``_key_kind(rng)`` when ``rng`` is None, a typed key (``jax.random.key``) or a
+  raw key (``jax.random.PRNGKey``): else a ``TypeError`` naming what was given (not
+  a crash of a pass that derives keys from it)."""
   if rng is None:
-    return
+    return None
   try:
     kind = _key_kind(rng)
   except TypeError:
     kind = (None, None)
   if kind in _KEY_KINDS:                 # (this runs on every init/apply call)
-    return
+    return kind
   try:
     aval = jax.typeof(rng)
   except TypeError:
@@ -83,12 +83,12 @@ def _check_key(rng, where: str) -> None:
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     if tuple(aval.shape) == ():
       _KEY_KINDS.add(kind)
-      return
+      return kind
   else:
     raw = keys.default_key_aval()
     if dtype == raw.dtype and tuple(getattr(aval, "shape", ())) == tuple(raw.shape):
       _KEY_KINDS.add(kind)
-      return
+      return kind
   got = aval.str_short() if hasattr(aval, "str_short") else repr(type(rng).__name__)
   raise errors.InvalidKeyError(errors.INVALID_KEY.format(
       where=where, got=got, raw=keys.default_key_aval().str_short()))
@@ -106,9 +106,8 @@ class _Purified:
     functools.update_wrapper(self, f)
 
   def compiled(self, rng, args, kwargs, where="init(rng, ...)") -> tuple[Compiled, list]:
-    _check_key(rng, where)
+    kind = _checked_key_kind(rng, where)
     sig, dyn = trace_lib.signature_of(args, kwargs)
-    kind = _key_kind(rng)
     entries = self.cache.setdefault(sig, {})
     if kind in entries:
       return entries[kind], dyn
