@@ -25,6 +25,7 @@ from jax._src import core as _core
 from jax._src import effects as _effects
 from jax._src import source_info_util as _source_info_util
 from jax._src import sharding_impls as _sharding_impls
+from jax._src.named_sharding import UnspecifiedValue as _UnspecifiedValue
 from jax._src.interpreters import batching as _batching
 from jax._src.interpreters import partial_eval as _pe
 from jax.extend import core as jcore
@@ -555,10 +556,9 @@ def with_eqn_ctx(eqn, like, **fields):
 def jit_is_plain_call(params) -> bool:
   """A jit equation that is only a call: no shardings, layouts, compiler options,
   mesh or consts — inlining it does not change what is computed."""
-  from jax._src.named_sharding import UnspecifiedValue
-  if any(not isinstance(s, UnspecifiedValue) for s in params.get("in_shardings", ())):
+  if any(not isinstance(s, _UnspecifiedValue) for s in params.get("in_shardings", ())):
     return False
-  if any(not isinstance(s, UnspecifiedValue) for s in params.get("out_shardings", ())):
+  if any(not isinstance(s, _UnspecifiedValue) for s in params.get("out_shardings", ())):
     return False
   if any(x is not None for x in tuple(params.get("in_layouts", ())) + tuple(params.get("out_layouts", ()))):
     return False

@@ -95,15 +95,19 @@ class Graph:
     # says how a value is computed, still true here for the values both hold
     self._vn: dict = dict(numbered[0]) if numbered else {}
     self._numbers: dict = dict(numbered[1]) if numbered else {}
+    # and its chains (``chain``): value -> (size, steps with equations, not indices),
+    # still true here for the values both hold (the same equations use them)
+    self._chains: dict = dict(numbered[2]) if numbered else {}
+    self._index: dict | None = None
     self._params: dict = {}
 
   def value_number(self, v) -> int:
     """A number equal for two size-1 values computed alike (literals by value):
     each distinct description (operation, parameters, operands' numbers, output
     position, type) gets the next number of this graph."""
-    if isinstance(v, _compat.Literal):
+    if isinstance(v, _compat.Literal):          # (by its bytes: -0.0 is not 0.0)
       val = np.asarray(v.val)
-      return self._number(("lit", _dtype_name(val.dtype), repr(val.tolist())))
+      return self._number(("lit", _dtype_name(val.dtype), val.shape, val.tobytes()))
     n = self._vn.get(v)
     if n is not None:
       return n
@@ -118,6 +122,13 @@ class Graph:
     n = self._vn[v] = self._number(desc)
     return n
 
+  def number_apart(self, values) -> None:
+    """Give each of ``values`` a number of its own (values known to be computed
+    differently from one another and from this graph's other values)."""
+    for v in values:
+      if v not in self._vn:
+        self._vn[v] = self._number(("apart", id(v)))
+
   def _number(self, desc) -> int:
     n = self._numbers.get(desc)
     if n is None:
@@ -130,6 +141,13 @@ class Graph:
     if k is None:
       k = self._params[i] = _params_key(self.eqns[i].params)
     return k
+
+  def index_of(self, e):
+    """The index of equation ``e`` (None when this graph does not hold it)."""
+    if self._index is None:
+      self._index = {id(x): i for i, x in enumerate(self.eqns)}
+    i = self._index.get(id(e))
+    return i if i is not None and self.eqns[i] is e else None
 
   def only_use(self, v):
     """The equation that is the single use of ``v`` (None if several, or an output)."""
@@ -147,16 +165,29 @@ _NUMBERED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def remember_numbers(closed_jaxpr, g: Graph) -> None:
   """``g``'s value numbers are valid for ``closed_jaxpr``'s values (it holds them)."""
-  if g._vn:
-    _NUMBERED[closed_jaxpr] = (g._vn, g._numbers)
+  if g._vn or g._chains:
+    _NUMBERED[closed_jaxpr] = (g._vn, g._numbers, g._chains)
 
 
 def numbers_of(closed_jaxpr):
   return _NUMBERED.get(closed_jaxpr)
 
 
+#: ``_params_key`` by the parameters' dict, held (so its ``id`` is not reused): an
+#: inlined body's equations keep their body's dict, which JAX's tracing cache keeps
+#: for the next program with that initializer (``repr`` is ~2-20 us a dict).
+_PARAMS_KEYS: dict = {}
+
+
 def _params_key(params) -> str:
-  return ";".join(f"{k}={params[k]!r}" for k in sorted(params))
+  hit = _PARAMS_KEYS.get(id(params))
+  if hit is not None and hit[0] is params:
+    return hit[1]
+  key = ";".join(f"{k}={params[k]!r}" for k in sorted(params))
+  if len(_PARAMS_KEYS) >= 4096:
+    _PARAMS_KEYS.clear()
+  _PARAMS_KEYS[id(params)] = (params, key)
+  return key
 
 
 _DTYPE_NAMES: dict = {}
@@ -173,37 +204,53 @@ def _dtype_name(dtype) -> str:
 def chain(g: Graph, v, size: int):
   """The chain from ``v`` (``size`` elements): ``[(eqn index, descriptor, input,
   scalars)]`` of the elementwise equations, ``input`` the chain's value they take
-  (reshapes pass through, with descriptor None). The descriptor is the operation and
-  where the chain's value and the scalars go (``x`` / ``s:dtype``); ``scalars`` are
+  (reshapes pass through, with descriptor None). The descriptor is ``(operation,
+  its parameters, where the chain's value and the scalars go (x / s:dtype), result
+  dtype)``; ``scalars`` are
   the other operands' value numbers (two draws' steps compute alike when both
-  match)."""
-  out = []
+  match). Chains are remembered by their first value (``Graph._chains``): a chain
+  from a draw that fuse-random-bits followed is not followed again here."""
+  start, out = v, []
   while True:
-    i = g.only_use(v)
-    if i is None:
-      return out
-    e = g.eqns[i]
-    if len(e.outvars) != 1 or _size(e.outvars[0].aval) != size:
-      return out
-    name = e.primitive.name
-    if name == "reshape" and e.invars[0] is v:
-      out.append((i, None, v, ()))
-      v = e.outvars[0]
-      continue
-    if name not in ELEMENTWISE or e.effects:
-      return out
-    pattern, scalars = [], []
-    for x in e.invars:
-      if x is v:
-        pattern.append("x")
-      elif isinstance(x, _compat.Literal) or _size(x.aval) == 1:
-        pattern.append("s:" + _dtype_name(x.aval.dtype))
-        scalars.append(g.value_number(x))
-      else:
-        return out
-    desc = f"{name}[{g.params_key(i)}]({'|'.join(pattern)})->{_dtype_name(e.outvars[0].aval.dtype)}"
-    out.append((i, desc, v, tuple(scalars)))
-    v = e.outvars[0]
+    known = g._chains.get(v)
+    if known is not None and known[0] == size:
+      rest = [(g.index_of(e), d, x, sc) for e, d, x, sc in known[1]]
+      if all(i is not None for i, _, _, _ in rest):
+        out += rest
+        break
+    step = _step(g, v, size)
+    if step is None:
+      break
+    out.append(step)
+    v = g.eqns[step[0]].outvars[0]
+  g._chains[start] = (size, [(g.eqns[i], d, x, sc) for i, d, x, sc in out])
+  return out
+
+
+def _step(g: Graph, v, size: int):
+  """The chain's step from ``v`` (see :func:`chain`), or None where it ends."""
+  i = g.only_use(v)
+  if i is None:
+    return None
+  e = g.eqns[i]
+  if len(e.outvars) != 1 or _size(e.outvars[0].aval) != size:
+    return None
+  name = e.primitive.name
+  if name == "reshape" and e.invars[0] is v:
+    return (i, None, v, ())
+  if name not in ELEMENTWISE or e.effects:
+    return None
+  pattern, scalars = [], []
+  for x in e.invars:
+    if x is v:
+      pattern.append("x")
+    elif isinstance(x, _compat.Literal) or _size(x.aval) == 1:
+      pattern.append("s:" + _dtype_name(x.aval.dtype))
+      scalars.append(g.value_number(x))
+    else:
+      return None
+  desc = (name, g.params_key(i), tuple(pattern), _dtype_name(e.outvars[0].aval.dtype))
+  return (i, desc, v, tuple(scalars))
 
 
 def tail_signature(g: Graph, v) -> tuple:
@@ -273,7 +320,7 @@ def _common(descs) -> int:
 
 def _worth(prefix) -> int:
   """The prefix cut after its last expensive operation (0: not worth sharing)."""
-  last = [k for k, (d, _) in enumerate(prefix) if d.split("[", 1)[0] in EXPENSIVE]
+  last = [k for k, (d, _) in enumerate(prefix) if d[0] in EXPENSIVE]
   return last[-1] + 1 if last else 0
 
 
@@ -303,7 +350,7 @@ def _shared_length(descs) -> int:
   if not _worth(descs[0][:k]):
     return 0
   n = max(len(d) for d in descs)
-  op = lambda step: step[0].split("[", 1)[0]  # noqa: E731
+  op = lambda step: step[0][0]  # noqa: E731
   while k < n and all(len(d) > k and d[k][0] == descs[0][k][0] for d in descs):
     if any(d[k][1] != descs[0][k][1] for d in descs[1:]) and (
         op(descs[0][k]) not in SPREADABLE or (k > 0 and op(descs[0][k - 1]) in ("mul", "div"))):

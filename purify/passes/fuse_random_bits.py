@@ -425,7 +425,7 @@ def _elementwise_call(e) -> bool:
   return not _compat.consts_of(cj) and _elementwise_body(_compat.open_of(cj))
 
 
-def _inline(eqns, subst):
+def _inline(eqns, subst, consts=None):
   """``eqns`` with every plain jit call that draws, or computes elementwise only
   (:func:`_elementwise_call`), inlined, recursively (its body's equations with fresh
   variables); ``subst`` gets the top-level calls' outputs. A scalar computed from
@@ -433,56 +433,71 @@ def _inline(eqns, subst):
   earlier value (every truncated normal computes ``erf(lower / sqrt2)`` and a few
   more constants for itself: ResNet-50's init held ~300 such equations, ~40% of
   it, which every later pass walked; the same operations on the same values, so
-  the same value — what XLA's CSE does with them anyway)."""
+  the same value — what XLA's CSE does with them anyway). ``consts`` (a
+  :class:`_Constants`) gets those scalars."""
+  Literal, DropVar, Var = _compat.Literal, _compat.DropVar, _compat.Var
   out = []
-  atom = lambda v: v if isinstance(v, _compat.Literal) else subst.get(v, v)  # noqa: E731
-  consts = _Constants()
+  consts = _Constants() if consts is None else consts
+  known = consts.vars
   work = [(e, None) for e in reversed(eqns)]
+  pop, push = work.pop, work.append
   while work:
-    item, env = work.pop()
-    if isinstance(item, tuple):                 # ("bind", call eqn, body, body env)
+    item, env = pop()
+    if type(item) is tuple:                     # ("bind", call eqn, body, body env)
       _, call, inner, ienv = item
       for o, r in zip(call.outvars, inner.outvars):
-        if not isinstance(o, _compat.DropVar):
-          val = r if isinstance(r, _compat.Literal) else ienv[r]
+        if not isinstance(o, DropVar):
+          val = r if isinstance(r, Literal) else ienv[r]
           if env is not None:                   # the call itself sat in an inlined body
             env[o] = val
           else:
             subst[o] = val
       continue
     e = item
-    if env is not None:
-      ins = [v if isinstance(v, _compat.Literal) else env[v] for v in e.invars]
-    else:
-      ins = [atom(v) for v in e.invars]
-    if (e.primitive is _compat.jit_p and not e.effects
-        and (_draws(e.params["jaxpr"]) or _elementwise_call(e))
-        and _compat.jit_is_plain_call(e.params)):
+    # the operands, and whether all are literals or constants (a candidate for reuse)
+    ins, const = [], True
+    names = env if env is not None else subst
+    for v in e.invars:
+      if not isinstance(v, Literal):
+        v = names.get(v, v) if env is None else env[v]   # (a body's operand: maybe a literal)
+        if const and not isinstance(v, Literal) and v not in known:
+          const = False
+      ins.append(v)
+    if e.primitive is _compat.jit_p and _inlinable(e):
       inner = _compat.open_of(e.params["jaxpr"])
       ienv = dict(zip(inner.invars, ins))
-      work.append((("bind", e, inner, ienv), env))
+      push((("bind", e, inner, ienv), env))
       work.extend((ie, ienv) for ie in reversed(inner.eqns))
       continue
-    key = consts.key(e, ins)
+    key = consts.key(e, ins) if const else None
     if key is not None:
       earlier = consts.seen.get(key)
       if earlier is not None:                   # the same scalar again: reuse it
         for v, w in zip(e.outvars, earlier):
-          (env if env is not None else subst)[v] = w
+          names[v] = w
         continue
     if env is not None:
       outs = []
       for v in e.outvars:
-        nv = v if isinstance(v, _compat.DropVar) else _compat.Var(v.aval)
+        nv = v if isinstance(v, DropVar) else Var(v.aval)
         env[v] = nv
         outs.append(nv)
       e = e.replace(invars=ins, outvars=outs)
-    elif any(a is not b for a, b in zip(ins, e.invars)):
-      e = e.replace(invars=ins)
+    else:
+      for a, b in zip(ins, e.invars):
+        if a is not b:
+          e = e.replace(invars=ins)
+          break
     if key is not None:
       consts.add(key, e.outvars)
     out.append(e)
   return out
+
+
+def _inlinable(e) -> bool:
+  """A plain jit call (no effects) that draws or computes elementwise only."""
+  return (not e.effects and (_draws(e.params["jaxpr"]) or _elementwise_call(e))
+          and _compat.jit_is_plain_call(e.params))
 
 
 class _Constants:
@@ -498,15 +513,8 @@ class _Constants:
     """``e``'s description when it computes a scalar from constants only, else None."""
     if e.effects or not e.outvars:
       return None
-    outs = []
-    for v in e.outvars:            # (first: most equations compute arrays)
-      a = v.aval
-      shape = getattr(a, "shape", None)
-      if shape is None or math.prod(shape) != 1 or isinstance(v, _compat.DropVar):
-        return None
-      outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
     desc = []
-    for v in ins:
+    for v in ins:                  # (literals, or constants: the caller checked)
       if isinstance(v, _compat.Literal):
         a = v.aval            # (by its bytes: -0.0 is not 0.0; repr is ~80 us)
         desc.append((a.dtype, getattr(a, "weak_type", False), np.asarray(v.val).tobytes()))
@@ -514,6 +522,13 @@ class _Constants:
         desc.append(v)
       else:
         return None
+    outs = []
+    for v in e.outvars:
+      a = v.aval
+      shape = getattr(a, "shape", None)
+      if shape is None or math.prod(shape) != 1 or isinstance(v, _compat.DropVar):
+        return None
+      outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
     if jaxprs_in(e.params):
       return None
     try:
@@ -583,7 +598,8 @@ def fuse(closed_jaxpr):
   if j.effects or not any(e.primitive is _compat.random_fold_in_p or _draws_in(e) for e in j.eqns):
     return closed_jaxpr                  # (a fold_in in a call is never fused: not inlined)
   subst: dict = {}
-  eqns = _inline(list(j.eqns), subst)
+  consts = _Constants()
+  eqns = _inline(list(j.eqns), subst, consts)
   outvars = [v if isinstance(v, _compat.Literal) else subst.get(v, v) for v in j.outvars]
   live = {v for v in outvars if not isinstance(v, _compat.Literal)}
   is_live = [False] * len(eqns)
@@ -607,8 +623,12 @@ def fuse(closed_jaxpr):
       level[v] = d_out
   # each level's draws ordered by their tails, so that alike tails are adjacent in the
   # hash (fuse-init-tails computes them once on the slice that holds them)
-  graph = (fuse_init_tails.Graph(eqns, outvars)
-           if any(len(m) > 1 for m in groups.values()) else None)
+  graph = None
+  if any(len(m) > 1 for m in groups.values()):
+    graph = fuse_init_tails.Graph(eqns, outvars)
+    # the scalars computed from literals are each computed differently from the
+    # others (_inline kept one of alike ones): a number each, not worked out again
+    graph.number_apart(consts.vars)
   for d, members in groups.items():
     if len(members) > 1:
       sig = {i: fuse_init_tails.tail_signature(graph, eqns[i].outvars[0]) for i in members}
