@@ -510,37 +510,74 @@ class _Constants:
     self.vars: set = set()
 
   def key(self, e, ins):
-    """``e``'s description when it computes a scalar from constants only, else None."""
-    if e.effects or not e.outvars:
+    """``e``'s description when it computes a scalar from constants only, else None
+    (``ins``: its operands, literals or constants: the caller checked)."""
+    static = _static_key(e)
+    if static is None:
       return None
     desc = []
-    for v in ins:                  # (literals, or constants: the caller checked)
+    for v in ins:
       if isinstance(v, _compat.Literal):
-        a = v.aval            # (by its bytes: -0.0 is not 0.0; repr is ~80 us)
-        desc.append((a.dtype, getattr(a, "weak_type", False), np.asarray(v.val).tobytes()))
+        desc.append(_literal_key(v))
       elif v in self.vars:
         desc.append(v)
       else:
         return None
-    outs = []
-    for v in e.outvars:
-      a = v.aval
-      shape = getattr(a, "shape", None)
-      if shape is None or math.prod(shape) != 1 or isinstance(v, _compat.DropVar):
-        return None
-      outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
-    if jaxprs_in(e.params):
-      return None
-    try:
-      key = (e.primitive, tuple(sorted(e.params.items())), tuple(desc), tuple(outs))
-      hash(key)
-    except TypeError:                            # (a parameter that does not hash)
-      return None
-    return key
+    return (static, tuple(desc))
 
   def add(self, key, outvars):
     self.seen[key] = outvars
     self.vars.update(outvars)
+
+
+#: ``_static_key`` / ``_literal_key`` by the object (held, so its ``id`` is not
+#: reused): an inlined body's equations and literals are its body's, which JAX's
+#: tracing cache keeps for the next program with that initializer.
+_STATIC_KEYS: dict = {}
+_LITERAL_KEYS: dict = {}
+
+
+def _remembered(table, x, fn):
+  hit = table.get(id(x))
+  if hit is not None and hit[0] is x:
+    return hit[1]
+  value = fn(x)
+  if len(table) >= 8192:
+    table.clear()
+  table[id(x)] = (x, value)
+  return value
+
+
+def _static_key(e):
+  """What says how ``e`` computes, but its operands: operation, parameters, result
+  types — when it computes scalars (size 1) and has no sub-program, effects or
+  parameter that does not hash; else None. (Not remembered for an equation with a
+  sub-program: the table would keep the sub-program's constants alive.)"""
+  if e.effects or not e.outvars or jaxprs_in(e.params):
+    return None
+  return _remembered(_STATIC_KEYS, e, _static_key_of)
+
+
+def _static_key_of(e):
+  outs = []
+  for v in e.outvars:
+    a = v.aval
+    shape = getattr(a, "shape", None)
+    if shape is None or math.prod(shape) != 1 or isinstance(v, _compat.DropVar):
+      return None
+    outs.append((shape, a.dtype, getattr(a, "weak_type", False)))
+  key = (e.primitive, tuple(sorted(e.params.items())), tuple(outs))
+  try:
+    hash(key)
+  except TypeError:                              # (a parameter that does not hash)
+    return None
+  return key
+
+
+def _literal_key(v):
+  """A literal by type and value (its bytes: -0.0 is not 0.0; repr is ~80 us)."""
+  return _remembered(_LITERAL_KEYS, v, lambda v: (
+      v.aval.dtype, getattr(v.aval, "weak_type", False), np.asarray(v.val).tobytes()))
 
 
 def _fusable(e) -> bool:
