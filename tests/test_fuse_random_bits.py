@@ -131,6 +131,25 @@ def test_mlp_of_assorted_initializers_is_the_unfused_init():
     assert_same_values(params["~"][name], want)
 
 
+def bounded(x):
+  """Truncated normals whose tails differ only in their scalars, some computed from
+  the bounds (``erf(lower / sqrt 2)``...): the pass orders such draws by them."""
+  for i, n in enumerate((3, 5, 7, 11, 13, 17)):
+    init = jax.nn.initializers.truncated_normal(1 / n, lower=-1.0 - i / 4, upper=1.0 + i / 3)
+    x = x[..., :1] @ purify.param(f"w{i}", (1, n), init=init)
+  return x
+
+
+def test_the_fused_init_is_the_same_program_for_every_trace():
+  """The fused program (its order of draws) must not depend on anything but the
+  program: traced again, the same text, so the same compiled init (the helpers' caches
+  hit). Regression: the constants were numbered in a set's order (by ``id``), so the
+  draws of one level came out in a different order from one trace to the next."""
+  texts = {str(dict(purify.explain(bounded, jnp.ones((2, 1)), key=RAW))["fuse_random_bits"].init_jaxpr)
+           for _ in range(4)}
+  assert len(texts) == 1
+
+
 def test_64_bit_draws_under_x64():
   with jax.enable_x64(True):
     def f(x):

@@ -665,7 +665,9 @@ def fuse(closed_jaxpr):
     graph = fuse_init_tails.Graph(eqns, outvars)
     # the scalars computed from literals are each computed differently from the
     # others (_inline kept one of alike ones): a number each, not worked out again
-    graph.number_apart(consts.vars)
+    # (in the order they were computed: the numbers order the draws, so they must not
+    # depend on a set's order — the program would differ from one trace to the next)
+    graph.number_apart(v for outs in consts.seen.values() for v in outs)
   for d, members in groups.items():
     if len(members) > 1:
       sig = {i: fuse_init_tails.tail_signature(graph, eqns[i].outvars[0]) for i in members}
