@@ -284,8 +284,8 @@ def wrap(transform, layer, fn, x, ctx):
   raise ValueError(transform)
 
 
-def zoo_model(transform, layers, out_shapes=None, axis=None):
-  """One model applying every layer of ``layers`` under ``transform``."""
+def zoo_fn(transform, layers, out_shapes=None, axis=None):
+  """The model function applying every layer of ``layers`` under ``transform``."""
   def f(xs, pred=True):
     ctx = dict(pred=pred, out_shapes=out_shapes)
     out = {}
@@ -293,7 +293,12 @@ def zoo_model(transform, layers, out_shapes=None, axis=None):
       with purify.name_scope(layer.name):
         out[layer.name] = wrap(transform, layer, layer.build(axis), xs[layer.name], ctx)
     return out
-  return purify.transform_with_state(f)
+  return f
+
+
+def zoo_model(transform, layers, out_shapes=None, axis=None):
+  """One model applying every layer of ``layers`` under ``transform``."""
+  return purify.transform_with_state(zoo_fn(transform, layers, out_shapes, axis))
 
 
 def stack(trees):
@@ -390,6 +395,29 @@ def test_zoo_covers_every_public_layer():
   for t in TRANSFORMS:    # every layer x every transform: checked, or an expected error
     cells = [l.name for l in layers_for(t)] + error_cells_for(t)
     assert sorted(cells) == sorted(BY_NAME), t
+
+
+@pytest.mark.parametrize("transform", ("plain",) + TRANSFORMS)
+def test_every_trace_gives_the_same_programs(ref, transform):
+  """The programs after every pass depend on the model and its input shapes only:
+  traced again (fresh layer objects), the same text at each stage — so the same
+  compiled programs (and compilation-cache hits). Session 13 found the init's draws
+  ordered by a set's iteration order (by ``id``), a different program each trace."""
+  if transform in VMAP_LIKE:
+    x = vmap_inputs(ref)
+  elif transform in ("scan", "purify.scan", "while_loop"):
+    x = ref.xs
+  else:
+    x = ref.x1
+  axis = AXIS if transform in VMAP_LIKE else None
+
+  def stages():
+    f = zoo_fn(transform, layers_for(transform), ref.out_shapes, axis)
+    return [(name, str(prog)) for name, prog in purify.explain(f, x, key=ROOT)]
+  first, again = stages(), stages()
+  assert [n for n, _ in first] == [n for n, _ in again]
+  for (name, a), (_, b) in zip(first, again):
+    assert a == b, f"{transform}: the program after {name} differs between two traces"
 
 
 def vmap_inputs(r):
