@@ -49,6 +49,15 @@ class _Rng(_thread.ThreadingPass):
   def __init__(self, program):
     self.program = program
     self.key = program.key_aval
+    self._derive: dict = {}             # a draw's batch -> its key-derivation helper
+
+  def derive_helper(self, batch):
+    """The helper deriving a draw's key (``keys.fold_halves``), once a batch."""
+    helper = self._derive.get(batch)
+    if helper is None:
+      helper = self._derive[batch] = _thread.helper_jaxpr(
+          _thread.bound(_derive, batch), _key_sds(self.key), _U32, _U32)
+    return helper
 
   def compute_aval(self, ch):
     return _compat.ShapedArray(tuple(self.key.shape), self.key.dtype)
@@ -79,8 +88,7 @@ def _rng_leaf(pass_, rw, eqn):
     return
   hi, lo = keys.name_hash("rng:" + p["site"])
   base = rw.read(_thread.RNG)
-  helper = _thread.helper_jaxpr(_thread.bound(_derive, tuple(p["batch"])),
-                                _key_sds(pass_.key), _U32, _U32)
+  helper = pass_.derive_helper(tuple(p["batch"]))
   rw.inline(helper, [base, _thread.literal(hi, np.uint32), _thread.literal(lo, np.uint32)],
             source_info=eqn.source_info, into=eqn.outvars)
 
