@@ -69,6 +69,22 @@ def map_sub_jaxprs(eqn, fn):
   return eqn.replace(params=dict(eqn.params, **new)) if new else eqn
 
 
+def remembered(table: dict, x, fn, limit: int = 8192):
+  """``fn(x)``, remembered in ``table`` by ``x``'s identity for objects that do not
+  hash or hash slowly (an equation, a literal, a parameters dict). The entry holds
+  ``x``, so its ``id`` is not reused while remembered; the table is emptied at
+  ``limit`` entries. The caller keeps out objects whose life it must not extend (one
+  holding a sub-program holds its constants)."""
+  hit = table.get(id(x))
+  if hit is not None and hit[0] is x:
+    return hit[1]
+  value = fn(x)
+  if len(table) >= limit:
+    table.clear()
+  table[id(x)] = (x, value)
+  return value
+
+
 def iter_eqns(jaxpr):
   """Every equation of ``jaxpr`` and of its sub-jaxprs, recursively (a list, in no
   particular order; iterative — these walks run on every program)."""

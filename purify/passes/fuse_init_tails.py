@@ -51,7 +51,7 @@ import numpy as np
 from jax import lax
 
 from purify import _compat
-from purify.passes._assemble import insert_blocks, jaxprs_in, splice
+from purify.passes._assemble import insert_blocks, jaxprs_in, remembered, splice
 from purify.passes.base import Pass
 from purify.passes.split_init import ROWS_CALL
 
@@ -175,24 +175,21 @@ def numbers_of(closed_jaxpr):
   return _NUMBERED.get(closed_jaxpr)
 
 
-#: ``_params_key`` by the parameters' dict, held (so its ``id`` is not reused): an
-#: inlined body's equations keep their body's dict, which JAX's tracing cache keeps
-#: for the next program with that initializer (``repr`` is ~2-20 us a dict). Not
-#: for parameters that hold a sub-program (the table would keep its constants alive).
+#: ``_params_key`` by the parameters' dict (``_assemble.remembered``): an inlined
+#: body's equations keep their body's dict, which JAX's tracing cache keeps for the
+#: next program with that initializer (``repr`` is ~2-20 us a dict). Not for
+#: parameters that hold a sub-program (the table would keep its constants alive).
 _PARAMS_KEYS: dict = {}
 
 
 def _params_key(params) -> str:
-  hit = _PARAMS_KEYS.get(id(params))
-  if hit is not None and hit[0] is params:
-    return hit[1]
-  key = ";".join(f"{k}={params[k]!r}" for k in sorted(params))
   if jaxprs_in(params):
-    return key
-  if len(_PARAMS_KEYS) >= 4096:
-    _PARAMS_KEYS.clear()
-  _PARAMS_KEYS[id(params)] = (params, key)
-  return key
+    return _params_text(params)
+  return remembered(_PARAMS_KEYS, params, _params_text)
+
+
+def _params_text(params) -> str:
+  return ";".join(f"{k}={params[k]!r}" for k in sorted(params))
 
 
 _DTYPE_NAMES: dict = {}

@@ -58,7 +58,7 @@ from jax import lax
 
 from purify import _compat
 from purify.passes import fuse_init_tails
-from purify.passes._assemble import iter_eqns, jaxprs_in, resized, splice, toposort
+from purify.passes._assemble import iter_eqns, jaxprs_in, remembered, resized, splice, toposort
 from purify.passes.base import Pass
 
 
@@ -530,22 +530,11 @@ class _Constants:
     self.vars.update(outvars)
 
 
-#: ``_static_key`` / ``_literal_key`` by the object (held, so its ``id`` is not
-#: reused): an inlined body's equations and literals are its body's, which JAX's
-#: tracing cache keeps for the next program with that initializer.
+#: ``_static_key`` / ``_literal_key`` by the object (``_assemble.remembered``): an
+#: inlined body's equations and literals are its body's, which JAX's tracing cache
+#: keeps for the next program with that initializer.
 _STATIC_KEYS: dict = {}
 _LITERAL_KEYS: dict = {}
-
-
-def _remembered(table, x, fn):
-  hit = table.get(id(x))
-  if hit is not None and hit[0] is x:
-    return hit[1]
-  value = fn(x)
-  if len(table) >= 8192:
-    table.clear()
-  table[id(x)] = (x, value)
-  return value
 
 
 def _static_key(e):
@@ -555,7 +544,7 @@ def _static_key(e):
   sub-program: the table would keep the sub-program's constants alive.)"""
   if e.effects or not e.outvars or jaxprs_in(e.params):
     return None
-  return _remembered(_STATIC_KEYS, e, _static_key_of)
+  return remembered(_STATIC_KEYS, e, _static_key_of)
 
 
 def _static_key_of(e):
@@ -576,7 +565,7 @@ def _static_key_of(e):
 
 def _literal_key(v):
   """A literal by type and value (its bytes: -0.0 is not 0.0; repr is ~80 us)."""
-  return _remembered(_LITERAL_KEYS, v, lambda v: (
+  return remembered(_LITERAL_KEYS, v, lambda v: (
       v.aval.dtype, getattr(v.aval, "weak_type", False), np.asarray(v.val).tobytes()))
 
 
