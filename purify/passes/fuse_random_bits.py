@@ -425,7 +425,7 @@ def _elementwise_call(e) -> bool:
   return not _compat.consts_of(cj) and _elementwise_body(_compat.open_of(cj))
 
 
-def _inline(eqns, subst, consts=None):
+def _inline(eqns, subst, consts):
   """``eqns`` with every plain jit call that draws, or computes elementwise only
   (:func:`_elementwise_call`), inlined, recursively (its body's equations with fresh
   variables); ``subst`` gets the top-level calls' outputs. A scalar computed from
@@ -437,7 +437,6 @@ def _inline(eqns, subst, consts=None):
   :class:`_Constants`) gets those scalars."""
   Literal, DropVar, Var = _compat.Literal, _compat.DropVar, _compat.Var
   out = []
-  consts = _Constants() if consts is None else consts
   known = consts.vars
   work = [(e, None) for e in reversed(eqns)]
   pop, push = work.pop, work.append
