@@ -72,6 +72,36 @@ def test_dropout_with_explicit_rng_equals_haiku(rate, broadcast_dims):
       lambda x, k: purify.nn.dropout(rate, x, broadcast_dims=broadcast_dims, rng=k))
   np.testing.assert_array_equal(t.apply({}, None, x, key), want)
 
+@pytest.mark.parametrize("typed", [False, True])
+def test_dropout_takes_haikus_positional_order(typed):
+  """Ported ``hk.dropout(rng, rate, x[, broadcast_dims])`` calls run unchanged."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  key = jax.random.key(7) if typed else jax.random.PRNGKey(7)
+  raw = jax.random.key_data(key) if typed else key
+  for dims in [(), (1,)]:
+    want = hk.dropout(raw, 0.5, x, dims)
+    np.testing.assert_array_equal(purify.nn.dropout(key, 0.5, x, dims), want)
+    np.testing.assert_array_equal(purify.nn.dropout(key, 0.5, x, broadcast_dims=dims), want)
+  # inside a model, with the key drawn from purify's RNG: the same mask as the
+  # purify form (which draws the same key)
+  a = purify.transform(lambda x: purify.nn.dropout(purify.next_rng_key(), 0.5, x))
+  b = purify.transform(lambda x: purify.nn.dropout(0.5, x))
+  np.testing.assert_array_equal(a.apply({}, ROOT, x), b.apply({}, ROOT, x))
+
+
+def test_dropout_refuses_mixed_up_arguments_naming_both_forms():
+  x, key = jnp.ones((3,)), jax.random.PRNGKey(0)
+  with pytest.raises(TypeError, match=r"first must be a PRNG key.*float 0\.5"):
+    purify.nn.dropout(0.5, x, x)
+  with pytest.raises(TypeError, match="key was given twice"):
+    purify.nn.dropout(key, 0.5, x, rng=key)
+  with pytest.raises(TypeError, match="broadcast_dims was given twice"):
+    purify.nn.dropout(key, 0.5, x, (0,), broadcast_dims=(0,))
+  with pytest.raises(TypeError, match="got 5 positional"):
+    purify.nn.dropout(key, 0.5, x, (), 1)
+  with pytest.raises(TypeError, match=r"or Haiku's order dropout\(rng, rate, x"):
+    purify.nn.dropout(jnp.ones((2,)), 0.5, x)
+
 
 def test_dropout_masks_differ_per_example_under_vmap():
   x = jnp.ones((6, 32))
