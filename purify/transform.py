@@ -311,6 +311,18 @@ class ApplyFn:
     return self.purified.apply(params, *args, **kwargs)
 
 
+class _ApplyWithoutRng(ApplyFn):
+  """``apply`` without its ``rng`` argument (:func:`without_apply_rng`)."""
+
+  def __call__(self, params, *args, **kwargs):
+    if self.purified.with_state:
+      if not args:
+        raise TypeError("apply(params, state, *args) needs state (without_apply_rng "
+                        "dropped only the rng argument)")
+      return self.purified.apply(params, args[0], None, *args[1:], **kwargs)
+    return self.purified.apply(params, None, *args, **kwargs)
+
+
 class Transformed(NamedTuple):
   """``init, apply = purify.transform(f)``."""
   init: Callable
@@ -351,3 +363,26 @@ def transform_with_state(f: Callable | None = None, *, pipeline=None):
     return functools.partial(transform_with_state, pipeline=pipeline)
   core = _Purified(f, with_state=True, pipeline=pipeline)
   return TransformedWithState(InitFn(core), ApplyFn(core))
+
+
+def without_apply_rng(transformed):
+  """Haiku's ``hk.without_apply_rng``: the same ``init``, and an ``apply`` without
+  its ``rng`` argument — ``apply(params, *args)`` (``apply(params, state, *args)``
+  for :func:`transform_with_state`), which is ``apply(params, None, *args)``. A
+  model that draws a key then raises ``MissingRngError`` naming its draws.
+
+  Example::
+
+      model = purify.without_apply_rng(purify.transform(lambda x: purify.nn.Linear(2)(x)))
+      params = model.init(jax.random.key(0), x)
+      y = model.apply(params, x)
+  """
+  if not isinstance(transformed, (Transformed, TransformedWithState)) or not isinstance(
+      transformed.apply, ApplyFn):
+    raise TypeError(
+        "without_apply_rng takes what purify.transform or purify.transform_with_state "
+        f"returned, got {type(transformed).__module__}.{type(transformed).__qualname__}: "
+        "use purify.without_apply_rng(purify.transform(f)).")
+  if isinstance(transformed.apply, _ApplyWithoutRng):
+    return transformed                  # (as Haiku: applying it twice changes nothing)
+  return type(transformed)(transformed.init, _ApplyWithoutRng(transformed.apply.purified))

@@ -143,3 +143,49 @@ def test_params_dict_and_state_dict_list_a_module_and_its_submodules():
   (_, total), _ = t.apply(params, state, None, X)
   want = sum(v.sum() for sub in params.values() for v in sub.values())
   assert jnp.allclose(total, want)
+
+
+# ----------------------------------------------------------------------------- without_apply_rng
+def test_without_apply_rng_drops_the_rng_argument_like_haiku():
+  x = jnp.ones((2, 3))
+  hk_t = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([4, 2])(x)))
+  pf_t = purify.without_apply_rng(purify.transform(lambda x: purify.nn.MLP([4, 2])(x)))
+  params = hk_t.init(jax.random.PRNGKey(0), x)
+  assert _tree(pf_t.init(jax.random.PRNGKey(0), x)) == _tree(params)
+  want = hk_t.apply(params, x)
+  assert jnp.array_equal(pf_t.apply(params, x), want)              # Haiku's params, as they are
+  assert jnp.array_equal(jax.jit(pf_t.apply)(params, x), want)
+  assert purify.without_apply_rng(pf_t) is pf_t                    # idempotent
+  assert pf_t.apply.__name__ == "<lambda>.apply"
+
+
+def test_without_apply_rng_with_state_keeps_the_state_argument():
+  def f(x):
+    n = purify.get_state("n", (), jnp.int32, init=jnp.zeros)
+    purify.set_state("n", n + 1)
+    return purify.nn.Linear(2)(x)
+  t = purify.without_apply_rng(purify.transform_with_state(f))
+  assert isinstance(t, purify.TransformedWithState)
+  x = jnp.ones((1, 3))
+  params, state = t.init(jax.random.key(0), x)
+  out, state = t.apply(params, state, x)
+  _, state = jax.jit(t.apply)(params, state, x)
+  assert int(state["~"]["n"]) == 2 and out.shape == (1, 2)
+  with pytest.raises(TypeError, match=r"apply\(params, state, \*args\) needs state"):
+    t.apply(params)
+
+
+def test_without_apply_rng_on_a_model_that_draws_names_the_draw():
+  t = purify.without_apply_rng(purify.transform(
+      lambda x: purify.nn.dropout(0.5, purify.nn.Linear(2)(x))))
+  x = jnp.ones((1, 3))
+  params = t.init(jax.random.key(0), x)
+  with pytest.raises(purify.errors.MissingRngError, match="next_rng_key"):
+    t.apply(params, x)
+
+
+def test_without_apply_rng_of_something_else_says_what_it_takes():
+  with pytest.raises(TypeError, match=r"purify.without_apply_rng\(purify.transform\(f\)\)"):
+    purify.without_apply_rng(lambda x: x)
+  with pytest.raises(TypeError, match=r"got haiku\S*\.Transformed"):
+    purify.without_apply_rng(hk.transform(lambda x: x))
