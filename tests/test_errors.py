@@ -347,6 +347,44 @@ def test_initializer_returning_wrong_shape():
   assert "'~/w'" in msg and "(4,)" in msg and "(3,)" in msg and THIS_FILE in msg
 
 
+def test_haiku_style_parameter_initializer_says_how_to_wrap_it():
+  """``init=jnp.zeros`` (Haiku's idiom: init(shape, dtype)) for a parameter."""
+  f = lambda x: x * purify.param("b", (3,), init=jnp.zeros)   # noqa: E731
+  with pytest.raises(errors.InitializerError) as ei:
+    purify.transform(f).init(ROOT, jnp.ones(3))
+  msg = str(ei.value)
+  assert "'~/b'" in msg and "takes (shape, dtype)" in msg
+  assert "init=lambda key, shape, dtype: f(shape, dtype)" in msg and "jax.nn.initializers.zeros" in msg
+  # the fix it names works
+  g = lambda x: x * purify.param("b", (3,), init=lambda key, shape, dtype: jnp.zeros(shape, dtype))  # noqa: E731
+  np.testing.assert_array_equal(purify.transform(g).init(ROOT, jnp.ones(3))["~"]["b"], np.zeros(3))
+
+
+def test_haiku_initializer_object_names_its_jax_counterpart():
+  hk = pytest.importorskip("haiku")
+  f = lambda x: x @ purify.param("w", (3, 2), init=hk.initializers.TruncatedNormal(0.1))  # noqa: E731
+  with pytest.raises(errors.InitializerError) as ei:
+    purify.transform(f).init(ROOT, jnp.ones((1, 3)))
+  msg = str(ei.value)
+  assert "This is a Haiku initializer" in msg and "jax.nn.initializers.truncated_normal(s)" in msg
+
+
+def test_parameter_style_initializer_for_a_state_says_what_a_state_takes():
+  f = lambda x: x + purify.get_state("s", (3,), init=jax.nn.initializers.normal())  # noqa: E731
+  with pytest.raises(errors.InitializerError) as ei:
+    purify.transform_with_state(f).init(ROOT, jnp.ones(3))
+  msg = str(ei.value)
+  assert "state '~/s'" in msg and "takes (key, shape, dtype)" in msg and "jnp.zeros" in msg
+
+
+def test_an_initializer_failing_otherwise_gets_no_signature_hint():
+  def bad(key, shape, dtype):
+    raise TypeError("my own bug")
+  with pytest.raises(errors.InitializerError) as ei:
+    purify.transform(lambda x: x * purify.param("w", (3,), init=bad)).init(ROOT, jnp.ones(3))
+  assert "my own bug" in str(ei.value) and "takes (shape, dtype)" not in str(ei.value)
+
+
 # ----------------------------------------------------------------------------- nested transforms
 _inner = purify.transform(lambda x: x * purify.param("w", (3,), init=ones))
 

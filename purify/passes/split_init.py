@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 
 import jax
@@ -176,7 +177,46 @@ def _call_init(what, site, call, thunk):
   except Exception as e:
     raise errors.InitializerError(errors.INITIALIZER_FAILED.format(
         what=what, path=site.path, site=site.site, call=call, sig=_SIGNATURES[what],
-        err=f"{type(e).__name__}: {e}")) from e
+        err=f"{type(e).__name__}: {e}") + _signature_hint(what, site, e)) from e
+
+
+def _takes(fn, n: int) -> bool:
+  """Whether ``fn`` accepts ``n`` positional arguments (False when unknown)."""
+  try:
+    inspect.signature(fn).bind(*range(n))
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def _first_parameter(fn):
+  try:
+    return next(iter(inspect.signature(fn).parameters), None)
+  except (TypeError, ValueError):
+    return None
+
+
+def _signature_hint(what, site, exc) -> str:
+  """When an initializer failed because it has the other kind's signature (a
+  Haiku-style ``init(shape, dtype)`` for a parameter, such as ``jnp.zeros`` or
+  ``hk.initializers.*``; a parameter's ``init(key, shape, dtype)`` for a state):
+  what to write instead."""
+  fn = site.init
+  if not isinstance(exc, TypeError) or fn is None or site.key_name is not None:
+    return ""                        # (a lifted state's init is called with a key)
+  if what == "parameter" and _takes(fn, 2) and not _takes(fn, 3):
+    if type(fn).__module__.split(".")[0] == "haiku":
+      return ("\nThis is a Haiku initializer: it takes (shape, dtype) and draws from "
+              "hk.next_rng_key(). Use its jax.nn.initializers counterpart, e.g. "
+              "hk.initializers.TruncatedNormal(s) -> jax.nn.initializers.truncated_normal(s), "
+              "VarianceScaling(...) -> variance_scaling(...), Constant(c) -> constant(c).")
+    return ("\nIt takes (shape, dtype), as Haiku's initializers do; wrap it: "
+            "init=lambda key, shape, dtype: f(shape, dtype) (for zeros and ones: "
+            "jax.nn.initializers.zeros / ones).")
+  if what == "state" and _takes(fn, 3) and _first_parameter(fn) in ("key", "rng", "prng_key"):
+    return ("\nIt takes (key, shape, dtype), as a parameter's initializer does; a state's "
+            "takes (shape, dtype) and no key (such as jnp.zeros).")
+  return ""
 
 
 def _checked(value, site, lead=()):
