@@ -84,6 +84,9 @@ class ModuleScope:
   method_name: str
   counters: dict = dataclasses.field(default_factory=dict)
   used: set = dataclasses.field(default_factory=set)
+  #: where effects declared directly in this scope belong, when not the module's own
+  #: path: ``name/~`` for a fresh namespace (``module.namespace``, Haiku's lift naming)
+  own_path: str | None = None
 
 
 class Frame:
@@ -141,7 +144,8 @@ class Frame:
 
   def module_path(self) -> str:
     if self.module_stack:
-      return self.module_stack[-1].module.module_name
+      top = self.module_stack[-1]
+      return top.own_path or top.module.module_name
     return "~"
 
 

@@ -93,7 +93,7 @@ class _Snapshot:
     self.key_aval = frame.key_aval
     self.module_counts = dict(frame.module_counts)
     self.module_names = set(frame.module_names)
-    self.scopes = [(s.module, s.method_name, dict(s.counters), set(s.used))
+    self.scopes = [(s.module, s.method_name, dict(s.counters), set(s.used), s.own_path)
                    for s in frame.module_stack]
     self.rng_counts = dict(frame.rng_counts)
     self.states: dict = {}        # (module, name) -> StateSite (unstacked, as the function sees it)
@@ -102,7 +102,8 @@ class _Snapshot:
   def apply_naming(self, r):
     r.module_counts = dict(self.module_counts)
     r.module_names = set(self.module_names)
-    r.module_stack = [_context.ModuleScope(m, n, dict(c), set(u)) for m, n, c, u in self.scopes]
+    r.module_stack = [_context.ModuleScope(m, n, dict(c), set(u), own)
+                      for m, n, c, u, own in self.scopes]
     r.rng_counts = dict(self.rng_counts)
 
   def frame(self, owner):

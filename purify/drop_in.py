@@ -277,39 +277,69 @@ def layer_stack(num_layers: int, *, with_per_layer_inputs: bool = False,
   """Haiku's ``hk.layer_stack``: apply ``f`` ``num_layers`` times with per-layer
   parameters (stacked along a leading axis), via ``purify.scan(param_axes=0)``.
 
-  ``f(x, *args) -> x`` (or with ``with_per_layer_inputs=True``:
-  ``f(x, *per_layer) -> (x, y)``, per-layer inputs sliced along axis 0 and outputs
-  stacked). ``name`` adds a name scope around the stack.
+  As in Haiku, ``stack(f)(*xs)`` carries every positional argument from layer to
+  layer (``f(*xs)`` returns them all; one argument: ``f(x) -> x``); with
+  ``with_per_layer_inputs=True``, ``stack(f)(x, *ys)`` calls ``f(x, *ys_i) -> (x,
+  z)`` with the per-layer inputs sliced along axis 0 and returns ``(x, zs)``, the
+  ``z`` stacked. Names are Haiku's: the stack is a module called ``name`` (default
+  ``__layer_stack_no_per_layer`` / ``__layer_stack_with_per_layer``; numbered like
+  any module) inside which names start afresh: a ``Linear`` in ``f`` is
+  ``__layer_stack_no_per_layer/linear``, a parameter outside any module
+  ``__layer_stack_no_per_layer/~/w`` — so Haiku checkpoints of layer stacks load.
 
   Example::
 
       def f(x):
         block = lambda h: jnp.tanh(purify.nn.Linear(h.shape[-1])(h))
-        return purify.layer_stack(4)(block)(x)       # params["linear"]["w"]: (4, d, d)
+        return purify.layer_stack(4)(block)(x)
+      # params["__layer_stack_no_per_layer/linear"]["w"]: (4, d, d)
   """
-  if not isinstance(num_layers, int) or num_layers < 1:
+  if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
     raise ValueError(f"purify.layer_stack({num_layers!r}): num_layers must be a positive int")
+  if not name:
+    name = "__layer_stack_with_per_layer" if with_per_layer_inputs else "__layer_stack_no_per_layer"
 
   def deco(f):
     @functools.wraps(f)
-    def stacked(x, *args):
-      from purify.module import name_scope
+    def stacked(*args):
+      from purify.module import namespace
+      if not args:
+        raise TypeError(f"purify.layer_stack(...)({_fn_name(f)}) was called with no "
+                        "arguments: pass the input the layers carry, stack(f)(x).")
       if with_per_layer_inputs:
-        body = lambda c, xs: f(c, *xs)  # noqa: E731
-        xs = args
-      else:
-        body = lambda c, _: (f(c, *args), None)  # noqa: E731
+        carry = args[0]
+        body = lambda c, ys: f(c, *ys)  # noqa: E731
+        xs = args[1:]
+      elif len(args) == 1:
+        carry = args[0]
+        body = lambda c, _: (f(c), None)  # noqa: E731
         xs = None
-      run = lambda: scan(body, x, xs, length=num_layers, split_rng=split_rng,  # noqa: E731
-                         param_axes=0, state_axes=state_axes, unroll=unroll)
-      if name is not None:
-        with name_scope(name):
-          out = run()
       else:
-        out = run()
+        carry = tuple(args)
+        body = lambda c, _: (_all_carried(f, f(*c), len(c)), None)  # noqa: E731
+        xs = None
+      with namespace(name):
+        out = scan(body, carry, xs, length=num_layers, split_rng=split_rng,
+                   param_axes=0, state_axes=state_axes, unroll=unroll)
       return out if with_per_layer_inputs else out[0]
     return stacked
   return deco
+
+
+def _fn_name(f) -> str:
+  return getattr(f, "__qualname__", None) or type(f).__name__
+
+
+def _all_carried(f, out, n):
+  """A layer of a stack called with ``n`` arguments returns ``n`` values (Haiku)."""
+  if not isinstance(out, (tuple, list)) or len(out) != n:
+    got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else \
+        type(out).__name__
+    raise TypeError(
+        f"purify.layer_stack: the layer {_fn_name(f)} was given {n} arguments, all carried "
+        f"from layer to layer (as in hk.layer_stack), so it must return {n} values; it "
+        f"returned {got}. Pass what does not change from layer to layer by closing over it.")
+  return tuple(out)
 
 
 def ensemble(num_members: int, *, in_axes=None, split_rng: bool = True, axis_name=None,
@@ -427,7 +457,10 @@ class lift:
 
 
 def _lift_prefix(frame, name):
-  scope = frame.module_path()
+  if frame.module_stack and frame.module_stack[-1].own_path is not None:
+    scope = frame.module_stack[-1].module.module_name    # a namespace: its children's prefix
+  else:
+    scope = frame.module_path()
   return name if scope == "~" else f"{scope}/{name}"
 
 

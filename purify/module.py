@@ -183,3 +183,20 @@ def name_scope(name: str, *, method_name: str = "__call__"):
       module = _NameScope(name=part)
       stack.enter_context(_MethodScope(module, method_name))
     yield
+
+
+@contextlib.contextmanager
+def namespace(name: str):
+  """Haiku's naming inside a lifted transform (``hk.layer_stack``'s ``hk.lift``): a
+  module called ``name`` — numbered like any module in the calling scope — whose
+  inside names things afresh, as a transform of its own would, under its path:
+  modules created inside are ``name/child``, effects declared outside any module
+  there belong to ``name/~``."""
+  module = _NameScope(name=name)
+  frame = _context.current_frame("purify.module.namespace")
+  frame.module_stack.append(_context.ModuleScope(module, "__call__",
+                                                 own_path=f"{module.module_name}/~"))
+  try:
+    yield module.module_name
+  finally:
+    frame.module_stack.pop()

@@ -103,18 +103,21 @@ def test_layer_stack_is_haikus_with_and_without_per_layer_inputs():
         lambda h, y: (h + y * purify.param("v", (), init=normal_init), h.sum()))(h, ys)
     return h2, outs
 
+  # Haiku's names: the stack is a module, a fresh namespace inside
+  # (hk.layer_stack's lift), a parameter outside any module there under "~"
   def ref_init(root, x, ys):
-    return {"~": {"w": stacked_param(root, "~/w", 3, (2,))},
-            "stack": {"v": stacked_param(root, "stack/v", 3, ())}}
+    return {"__layer_stack_no_per_layer/~": {
+                "w": stacked_param(root, "__layer_stack_no_per_layer/~/w", 3, (2,))},
+            "stack/~": {"v": stacked_param(root, "stack/~/v", 3, ())}}
 
   def ref_apply(params, root, x, ys):
     h = x
     for i in range(3):
-      h = jnp.tanh(h * params["~"]["w"][i])
+      h = jnp.tanh(h * params["__layer_stack_no_per_layer/~"]["w"][i])
     outs = []
     for i in range(3):
       outs.append(h.sum())
-      h = h + ys[i] * params["stack"]["v"][i]
+      h = h + ys[i] * params["stack/~"]["v"][i]
     return h, jnp.stack(outs)
 
   check_against_reference(purify.transform(model), ref_init, ref_apply, ROOT, jnp.ones(2),
@@ -129,24 +132,24 @@ def test_ensemble_of_layer_stacks_with_dropout_composes():
     return purify.ensemble(4)(purify.layer_stack(3)(block))(x)
 
   def ref_init(root, x):
-    base = keys.param_key(root, "~/w")
+    base = keys.param_key(root, "__layer_stack_no_per_layer/~/w")
     w = jnp.stack([jnp.stack([normal_init(jax.random.fold_in(jax.random.fold_in(base, e), l), (2,),
                                           jnp.float32) for l in range(3)]) for e in range(4)])
-    return {"~": {"w": w}}
+    return {"__layer_stack_no_per_layer/~": {"w": w}}
 
   def ref_apply(params, root, x):
     outs = []
     for e in range(4):
       h = x
       for l in range(3):
-        keep = jax.random.bernoulli(site_key(root, "~#0", loop=(l,), batch=(e,)), 0.5, h.shape)
-        h = jnp.where(keep, h * params["~"]["w"][e, l], 0.0)
+        keep = jax.random.bernoulli(site_key(root, "__layer_stack_no_per_layer/~#0", loop=(l,), batch=(e,)), 0.5, h.shape)
+        h = jnp.where(keep, h * params["__layer_stack_no_per_layer/~"]["w"][e, l], 0.0)
       outs.append(h)
     return jnp.stack(outs)
 
   params, _ = check_against_reference(purify.transform(model), ref_init, ref_apply, ROOT,
                                       jnp.array([1.0, -2.0]))
-  assert params["~"]["w"].shape == (4, 3, 2)
+  assert params["__layer_stack_no_per_layer/~"]["w"].shape == (4, 3, 2)
 
 
 def test_param_axes_dict_mixes_stacked_and_shared_params():

@@ -3,6 +3,7 @@ purify.* gives the same parameter tree (paths, names, shapes)."""
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import purify
@@ -189,3 +190,85 @@ def test_without_apply_rng_of_something_else_says_what_it_takes():
     purify.without_apply_rng(lambda x: x)
   with pytest.raises(TypeError, match=r"got haiku\S*\.Transformed"):
     purify.without_apply_rng(hk.transform(lambda x: x))
+
+
+# ----------------------------------------------------------------------------- layer_stack
+def _ones(lib):
+  if lib is hk:
+    return lambda n, s: hk.get_parameter(n, s, init=jnp.ones)
+  return lambda n, s: purify.param(n, s, init=jax.nn.initializers.ones)
+
+
+_STACKS = {
+    "default": lambda L, P: lambda x: L.layer_stack(2)(lambda h: L.Linear(3)(h))(x),
+    "named": lambda L, P: lambda x: L.layer_stack(2, name="foo")(lambda h: L.Linear(3)(h))(x),
+    "per_layer": lambda L, P: lambda x: L.layer_stack(2, with_per_layer_inputs=True)(
+        lambda h, z: (L.Linear(3)(h), z))(x, jnp.ones((2, 3)))[0],
+    "nested": lambda L, P: lambda x: L.layer_stack(2)(
+        lambda h: L.layer_stack(3)(lambda g: L.Linear(3)(g))(h))(x),
+    "two": lambda L, P: lambda x: L.layer_stack(2)(lambda h: L.Linear(3)(h))(
+        L.layer_stack(2)(lambda h: L.Linear(3)(h))(x)),
+    "bare_param": lambda L, P: lambda x: L.layer_stack(2)(lambda h: P("w", (3,)) * h)(x),
+    "two_carried": lambda L, P: lambda x: L.layer_stack(2)(
+        lambda h, g: (L.Linear(3)(h) + g, g * P("v", ())))(x, x)[0],
+    "fresh_numbering": lambda L, P: lambda x: L.layer_stack(2)(
+        lambda h: L.Linear(3, name="lin")(L.Linear(3)(L.Linear(3)(h))))(L.Linear(3)(x)),
+    "name_scope_inside": lambda L, P: lambda x: L.layer_stack(2)(
+        lambda h: _scoped(L, lambda: L.Linear(3)(h)))(x),
+}
+
+
+def _scoped(L, fn):
+  with L.name_scope("blk"):
+    return fn()
+
+
+class _HkInModule(hk.Module):
+  def __call__(self, x):
+    return hk.layer_stack(2)(lambda h: hk.Linear(3)(h))(x)
+
+
+class _PfInModule(purify.Module):
+  def __call__(self, x):
+    return purify.layer_stack(2)(lambda h: purify.nn.Linear(3)(h))(x)
+
+
+class _HkLib:
+  layer_stack, Linear = staticmethod(hk.layer_stack), hk.Linear
+  name_scope = staticmethod(hk.name_scope)
+
+
+class _PfLib:
+  layer_stack, Linear = staticmethod(purify.layer_stack), purify.nn.Linear
+  name_scope = staticmethod(purify.name_scope)
+
+
+@pytest.mark.parametrize("case", sorted(_STACKS) + ["in_module"])
+def test_layer_stack_names_parameters_as_haiku_and_loads_its_params(case):
+  """The same tree as hk.layer_stack's (its lift: a module named after the stack,
+  a fresh namespace inside), and Haiku's params give Haiku's outputs."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3))
+  if case == "in_module":
+    hk_f, pf_f = (lambda x: _HkInModule(name="m")(x)), (lambda x: _PfInModule(name="m")(x))
+  else:
+    hk_f, pf_f = _STACKS[case](_HkLib, _ones(hk)), _STACKS[case](_PfLib, _ones(purify))
+  hk_t, pf_t = hk.transform(hk_f), purify.transform(pf_f)
+  hk_params = hk_t.init(jax.random.PRNGKey(1), x)
+  assert _tree(pf_t.init(jax.random.PRNGKey(1), x)) == _tree(hk_params)
+  np.testing.assert_allclose(pf_t.apply(hk_params, None, x), hk_t.apply(hk_params, None, x),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_layer_stack_with_several_arguments_carries_them_all():
+  f = lambda a, b: (a + b, b * 2.0)   # noqa: E731
+  out = purify.transform(lambda a, b: purify.layer_stack(3)(f)(a, b)).apply({}, None, 1.0, 1.0)
+  want = hk.transform(lambda a, b: hk.layer_stack(3)(f)(a, b)).apply({}, None, 1.0, 1.0)
+  assert tuple(map(float, out)) == tuple(map(float, want)) == (8.0, 8.0)
+
+
+def test_layer_stack_layer_returning_the_wrong_number_of_values_says_why():
+  t = purify.transform(lambda a, b: purify.layer_stack(2)(lambda a, b: a + b)(a, b))
+  with pytest.raises(TypeError, match=r"given 2 arguments, all carried.*must return 2 values"):
+    t.init(jax.random.PRNGKey(0), jnp.ones(2), jnp.ones(2))
+  with pytest.raises(TypeError, match="no arguments"):
+    purify.transform(lambda: purify.layer_stack(2)(lambda: 1.0)()).init(None)

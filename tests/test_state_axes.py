@@ -74,19 +74,20 @@ def test_layer_stack_keeps_per_layer_batchnorm_statistics_like_separate_layers()
   unrolled = purify.transform_with_state(lambda x: _unrolled(x))
   ps, ss = stacked.init(ROOT, x)
   pu, su = unrolled.init(ROOT, x)
-  assert ss["batch_norm/~/mean_ema"]["average"].shape == (3, 1, 2)
+  S = "__layer_stack_no_per_layer"                 # (Haiku's name for the stack)
+  assert ss[f"{S}/batch_norm/~/mean_ema"]["average"].shape == (3, 1, 2)
   # the stacked params/state, sliced per layer, are the unrolled model's
-  pu = {f"layer_{i}/batch_norm": {k: ps["batch_norm"][k][i] for k in ps["batch_norm"]} for i in range(3)}
-  su = {f"layer_{i}/batch_norm/~/{ema}": {k: ss[f"batch_norm/~/{ema}"][k][i]
-                                           for k in ss[f"batch_norm/~/{ema}"]}
+  pu = {f"layer_{i}/batch_norm": {k: ps[f"{S}/batch_norm"][k][i] for k in ps[f"{S}/batch_norm"]} for i in range(3)}
+  su = {f"layer_{i}/batch_norm/~/{ema}": {k: ss[f"{S}/batch_norm/~/{ema}"][k][i]
+                                           for k in ss[f"{S}/batch_norm/~/{ema}"]}
         for i in range(3) for ema in ("mean_ema", "var_ema")}
   out_s, new_s = stacked.apply(ps, ss, None, x)
   out_u, new_u = unrolled.apply(pu, su, None, x)
   np.testing.assert_allclose(out_s, out_u, rtol=1e-5, atol=1e-6)
   for i in range(3):
-    np.testing.assert_allclose(new_s["batch_norm/~/mean_ema"]["average"][i],
+    np.testing.assert_allclose(new_s[f"{S}/batch_norm/~/mean_ema"]["average"][i],
                                new_u[f"layer_{i}/batch_norm/~/mean_ema"]["average"], rtol=1e-5, atol=1e-6)
-  assert not np.allclose(new_s["batch_norm/~/var_ema"]["hidden"][0], new_s["batch_norm/~/var_ema"]["hidden"][2])
+  assert not np.allclose(new_s[f"{S}/batch_norm/~/var_ema"]["hidden"][0], new_s[f"{S}/batch_norm/~/var_ema"]["hidden"][2])
 
 
 def _unrolled(x):
