@@ -502,6 +502,23 @@ def next_rng_key():
   return rng_p.bind(site=site, batch=(), key_shape=tuple(ka.shape), key_dtype=ka.dtype)
 
 
+def next_rng_keys(num: int):
+  """Haiku's ``hk.next_rng_keys``: ``num`` fresh keys, stacked along a leading axis
+  (one :func:`next_rng_key` draw, split ``num`` ways: the keys are as fresh as the
+  draw under every transform).
+
+  Example::
+
+      def f(x):
+        k1, k2 = purify.next_rng_keys(2)
+        return x + jax.random.normal(k1, x.shape) * jax.random.uniform(k2, x.shape)
+  """
+  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+    raise ValueError(f"purify.next_rng_keys({num!r}): num must be a positive Python int "
+                     "(how many keys to return).")
+  return jax.random.split(next_rng_key(), int(num))
+
+
 def _state_site(frame, fn, name, shape, dtype, init):
   module = frame.module_path()
   key = (module, name)

@@ -34,6 +34,16 @@ class PerExampleStateError(PurifyError):
   pass
 
 
+class NonEmptyStateError(PurifyError, ValueError):
+  pass
+
+
+NON_EMPTY_STATE = """\
+purify.without_state: the model has state ({names}), which {where} would drop.
+Use purify.transform_with_state(f) (init -> (params, state), apply(params, state,
+rng, ...) -> (out, state)) for a model that calls get_state / set_state."""
+
+
 class NoRuleError(PurifyError, NotImplementedError):
   pass
 

@@ -303,6 +303,8 @@ class InitFn:
 
 
 class ApplyFn:
+  rng_dropped = False                 # whether a wrapper took apply's rng argument away
+
   def __init__(self, core: _Purified):
     self.purified = core
     _name_after(self, core.f, "apply")
@@ -313,14 +315,75 @@ class ApplyFn:
 
 class _ApplyWithoutRng(ApplyFn):
   """``apply`` without its ``rng`` argument (:func:`without_apply_rng`)."""
+  rng_dropped = True
+
+  def __init__(self, inner, with_state: bool):
+    super().__init__(inner.purified)
+    self.inner, self.with_state = inner, with_state
 
   def __call__(self, params, *args, **kwargs):
-    if self.purified.with_state:
+    if self.with_state:
       if not args:
         raise TypeError("apply(params, state, *args) needs state (without_apply_rng "
                         "dropped only the rng argument)")
-      return self.purified.apply(params, args[0], None, *args[1:], **kwargs)
-    return self.purified.apply(params, None, *args, **kwargs)
+      return self.inner(params, args[0], None, *args[1:], **kwargs)
+    return self.inner(params, None, *args, **kwargs)
+
+
+class _InitWithoutState(InitFn):
+  """``init`` returning only params (:func:`without_state`)."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner = inner
+
+  def __call__(self, rng, *args, **kwargs):
+    params, state = self.inner(rng, *args, **kwargs)
+    if state:
+      raise errors.NonEmptyStateError(errors.NON_EMPTY_STATE.format(
+          names=", ".join(sorted(f"{m}/{n}" for m, sub in state.items() for n in sub)),
+          where="init"))
+    return params
+
+
+class _ApplyWithoutState(ApplyFn):
+  """``apply`` without state in or out (:func:`without_state`)."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner, self.rng_dropped = inner, inner.rng_dropped
+
+  def __call__(self, params, *args, **kwargs):
+    rng, rest = (None, args) if self.rng_dropped else (args[0] if args else None, args[1:])
+    c, _ = self.purified.compiled(rng, rest, kwargs)   # (cached: the program apply runs)
+    if c.program.states:
+      raise errors.NonEmptyStateError(errors.NON_EMPTY_STATE.format(
+          names=", ".join(sorted("/".join(k) for k in c.state_keys)), where="apply"))
+    out, _ = self.inner(params, {}, *args, **kwargs)
+    return out
+
+
+class _InitWithEmptyState(InitFn):
+  """``init`` returning ``(params, {})`` (:func:`with_empty_state`)."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner = inner
+
+  def __call__(self, rng, *args, **kwargs):
+    return self.inner(rng, *args, **kwargs), {}
+
+
+class _ApplyWithEmptyState(ApplyFn):
+  """``apply(params, state, ...) -> (out, {})`` (:func:`with_empty_state`)."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner, self.rng_dropped = inner, inner.rng_dropped
+
+  def __call__(self, params, state, *args, **kwargs):
+    del state                         # (as Haiku: the model has none to read)
+    return self.inner(params, *args, **kwargs), {}
 
 
 class Transformed(NamedTuple):
@@ -365,6 +428,23 @@ def transform_with_state(f: Callable | None = None, *, pipeline=None):
   return TransformedWithState(InitFn(core), ApplyFn(core))
 
 
+def _check_transformed(transformed, fn, want=(None,)):
+  kinds = {Transformed: "purify.transform", TransformedWithState: "purify.transform_with_state"}
+  ok = type(transformed) in kinds and isinstance(transformed.apply, ApplyFn) and \
+      isinstance(transformed.init, InitFn)
+  if ok and want != (None,) and type(transformed) not in want:
+    need = " or ".join(kinds[w] for w in want)
+    raise TypeError(f"purify.{fn} takes what {need} returned, got what "
+                    f"{kinds[type(transformed)]} returned.")
+  if not ok:
+    need = " or ".join(kinds[w] for w in (want if want != (None,) else kinds))
+    fix = kinds[want[0]] if want != (None,) else "purify.transform"
+    raise TypeError(
+        f"purify.{fn} takes what {need} returned, got "
+        f"{type(transformed).__module__}.{type(transformed).__qualname__}: "
+        f"use purify.{fn}({fix}(f)).")
+
+
 def without_apply_rng(transformed):
   """Haiku's ``hk.without_apply_rng``: the same ``init``, and an ``apply`` without
   its ``rng`` argument — ``apply(params, *args)`` (``apply(params, state, *args)``
@@ -377,12 +457,36 @@ def without_apply_rng(transformed):
       params = model.init(jax.random.key(0), x)
       y = model.apply(params, x)
   """
-  if not isinstance(transformed, (Transformed, TransformedWithState)) or not isinstance(
-      transformed.apply, ApplyFn):
-    raise TypeError(
-        "without_apply_rng takes what purify.transform or purify.transform_with_state "
-        f"returned, got {type(transformed).__module__}.{type(transformed).__qualname__}: "
-        "use purify.without_apply_rng(purify.transform(f)).")
-  if isinstance(transformed.apply, _ApplyWithoutRng):
+  _check_transformed(transformed, "without_apply_rng")
+  if transformed.apply.rng_dropped:
     return transformed                  # (as Haiku: applying it twice changes nothing)
-  return type(transformed)(transformed.init, _ApplyWithoutRng(transformed.apply.purified))
+  return type(transformed)(transformed.init, _ApplyWithoutRng(
+      transformed.apply, isinstance(transformed, TransformedWithState)))
+
+
+def without_state(transformed):
+  """Haiku's ``hk.without_state``: a :func:`transform_with_state` of a model with no
+  state as a :func:`transform` — ``init -> params``, ``apply(params, rng, *args) ->
+  out``. A model with state raises ``NonEmptyStateError`` (its state would be lost).
+
+  Example::
+
+      model = purify.without_state(purify.transform_with_state(f))
+  """
+  _check_transformed(transformed, "without_state", (TransformedWithState,))
+  return Transformed(_InitWithoutState(transformed.init),
+                     _ApplyWithoutState(transformed.apply))
+
+
+def with_empty_state(transformed):
+  """Haiku's ``hk.with_empty_state``: a :func:`transform` as a
+  :func:`transform_with_state` with no state — ``init -> (params, {})``,
+  ``apply(params, state, rng, *args) -> (out, {})``.
+
+  Example::
+
+      model = purify.with_empty_state(purify.transform(f))
+  """
+  _check_transformed(transformed, "with_empty_state", (Transformed,))
+  return TransformedWithState(_InitWithEmptyState(transformed.init),
+                              _ApplyWithEmptyState(transformed.apply))

@@ -272,3 +272,84 @@ def test_layer_stack_layer_returning_the_wrong_number_of_values_says_why():
     t.init(jax.random.PRNGKey(0), jnp.ones(2), jnp.ones(2))
   with pytest.raises(TypeError, match="no arguments"):
     purify.transform(lambda: purify.layer_stack(2)(lambda: 1.0)()).init(None)
+
+
+# ----------------------------------------------------------------------------- without_state / with_empty_state
+def test_without_state_and_with_empty_state_are_haikus():
+  x = jnp.ones((2, 3))
+  f = lambda x: purify.nn.dropout(0.5, purify.nn.Linear(4)(x))       # noqa: E731
+  ws = purify.without_state(purify.transform_with_state(f))
+  assert isinstance(ws, purify.Transformed)
+  plain = purify.transform(f)
+  params = ws.init(jax.random.key(0), x)
+  assert _tree(params) == _tree(plain.init(jax.random.key(0), x))
+  np.testing.assert_array_equal(ws.apply(params, jax.random.key(1), x),
+                                plain.apply(params, jax.random.key(1), x))
+  np.testing.assert_array_equal(jax.jit(ws.apply)(params, jax.random.key(1), x),
+                                plain.apply(params, jax.random.key(1), x))
+  es = purify.with_empty_state(plain)
+  assert isinstance(es, purify.TransformedWithState)
+  p2, state = es.init(jax.random.key(0), x)
+  assert state == {}
+  out, state = es.apply(p2, state, jax.random.key(1), x)
+  assert state == {}
+  np.testing.assert_array_equal(out, plain.apply(p2, jax.random.key(1), x))
+  # composed with without_apply_rng, either way round
+  g = lambda x: purify.nn.Linear(4)(x)                               # noqa: E731
+  a = purify.without_apply_rng(purify.without_state(purify.transform_with_state(g)))
+  b = purify.without_state(purify.without_apply_rng(purify.transform_with_state(g)))
+  c = purify.with_empty_state(purify.without_apply_rng(purify.transform(g)))
+  p = a.init(jax.random.key(0), x)
+  want = purify.transform(g).apply(p, None, x)
+  np.testing.assert_array_equal(a.apply(p, x), want)
+  np.testing.assert_array_equal(b.apply(p, x), want)
+  np.testing.assert_array_equal(c.apply(p, {}, x)[0], want)
+  assert purify.without_apply_rng(c) is c                            # rng already dropped
+
+
+def test_without_state_of_a_model_with_state_refuses_naming_the_state():
+  def f(x):
+    purify.set_state("count", jnp.zeros(()))
+    return purify.nn.Linear(2)(x)
+  t = purify.without_state(purify.transform_with_state(f))
+  x = jnp.ones((1, 3))
+  with pytest.raises(purify.errors.NonEmptyStateError, match=r"(?s)\(~/count\).*init.*transform_with_state"):
+    t.init(jax.random.key(0), x)
+  params = purify.transform_with_state(f).init(jax.random.key(0), x)[0]
+  with pytest.raises(purify.errors.NonEmptyStateError, match=r"\(~/count\).*apply"):
+    t.apply(params, None, x)
+
+
+def test_state_wrappers_refuse_the_wrong_kind_of_transform():
+  with pytest.raises(TypeError, match=r"without_state takes what purify.transform_with_state returned, "
+                                      r"got what purify.transform returned"):
+    purify.without_state(purify.transform(lambda x: x))
+  with pytest.raises(TypeError, match=r"with_empty_state takes what purify.transform returned"):
+    purify.with_empty_state(purify.transform_with_state(lambda x: x))
+  with pytest.raises(TypeError, match=r"use purify.without_state\(purify.transform_with_state\(f\)\)"):
+    purify.without_state(hk.transform_with_state(lambda x: x))
+
+
+# ----------------------------------------------------------------------------- next_rng_keys
+@pytest.mark.parametrize("typed", [True, False])
+def test_next_rng_keys_gives_num_distinct_fresh_keys(typed):
+  root = jax.random.key(0) if typed else jax.random.PRNGKey(0)
+  def f(x):
+    ks = purify.next_rng_keys(3)
+    return ks, jax.vmap(lambda _: purify.next_rng_keys(2))(x)
+  t = purify.transform(f)
+  ks, per_example = t.apply({}, root, jnp.ones(4))
+  raw = (lambda k: jax.random.key_data(k)) if typed else (lambda k: k)
+  # the shape Haiku gives: (num, *key_shape), of the kind of key apply got
+  assert ks.shape == ((3,) if typed else (3, 2)) and per_example.shape[:2] == (4, 2)
+  rows = np.asarray(raw(per_example)).reshape(8, -1)
+  assert len({r.tobytes() for r in np.asarray(raw(ks)).reshape(3, -1)}) == 3
+  assert len({r.tobytes() for r in rows}) == 8          # fresh per example, as next_rng_key
+  want = jax.random.split(purify.transform(lambda: purify.next_rng_key()).apply({}, root), 3)
+  np.testing.assert_array_equal(raw(ks), raw(want))     # one draw, split
+
+
+@pytest.mark.parametrize("num", [0, -1, 2.0, True, "2"])
+def test_next_rng_keys_refuses_a_count_that_is_not_a_positive_int(num):
+  with pytest.raises(ValueError, match=r"num must be a positive Python int"):
+    purify.transform(lambda: purify.next_rng_keys(num)).apply({}, jax.random.key(0))
