@@ -18,7 +18,8 @@ meaning the Python loop they stand for:
 
 Stages (one module each): effects -> trace -> passes -> lowering -> transform.
 """
-from purify.effects import param, next_rng_key, next_rng_keys, get_state, set_state, default_init
+from purify.effects import (param, next_rng_key, next_rng_keys, maybe_next_rng_key, get_state,
+                            set_state, default_init)
 from purify.errors import PurifyError
 from purify.module import Module, name_scope
 from purify.transform import (transform, transform_with_state, without_apply_rng, without_state,
@@ -37,7 +38,7 @@ from purify import nn  # noqa: E402  (nn uses the API above)
 __version__ = "0.1.0"
 
 __all__ = [
-    "param", "next_rng_key", "next_rng_keys", "get_state", "set_state", "default_init", "PurifyError",
+    "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
     "Module", "name_scope", "transform", "transform_with_state", "without_apply_rng", "without_state",
     "with_empty_state", "Transformed", "TransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",

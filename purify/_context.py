@@ -117,6 +117,8 @@ class Frame:
     self.getters: list = []      # purify.custom_getter interceptors, outer -> inner
     self.lifting = 0
     self.events = 0
+    self.rng_given = True        # whether the call has a key (maybe_next_rng_key)
+    self.asks_rng = False        # whether the model asked (maybe_next_rng_key was called)
     self.top_trace = None        # the trace of the user's function itself (set by trace)
     self._bumped = weakref.WeakSet()   # staging traces that already changed the scope
 

@@ -91,6 +91,7 @@ class _Snapshot:
 
   def __init__(self, frame):
     self.key_aval = frame.key_aval
+    self.rng_given = frame.rng_given
     self.module_counts = dict(frame.module_counts)
     self.module_names = set(frame.module_names)
     self.scopes = [(s.module, s.method_name, dict(s.counters), set(s.used), s.own_path)
@@ -108,6 +109,7 @@ class _Snapshot:
 
   def frame(self, owner):
     r = _context.Frame(self.key_aval)
+    r.rng_given = self.rng_given
     self.apply_naming(r)
     r.states = {k: dataclasses.replace(st) for k, st in self.states.items()}
     r.creators, r.getters = list(self.creators), list(self.getters)

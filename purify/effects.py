@@ -502,6 +502,23 @@ def next_rng_key():
   return rng_p.bind(site=site, batch=(), key_shape=tuple(ka.shape), key_dtype=ka.dtype)
 
 
+def maybe_next_rng_key():
+  """Haiku's ``hk.maybe_next_rng_key``: :func:`next_rng_key` when the call has a key,
+  ``None`` when ``init``/``apply`` got ``rng=None``. Whether a key was given is then
+  part of the traced program (a call with a key and one without each trace their
+  own).
+
+  Example::
+
+      def f(x):
+        key = purify.maybe_next_rng_key()
+        return x if key is None else purify.nn.dropout(0.5, x, rng=key)
+  """
+  frame = _context.current_frame("maybe_next_rng_key")
+  frame.asks_rng = True
+  return next_rng_key() if frame.rng_given else None
+
+
 def next_rng_keys(num: int):
   """Haiku's ``hk.next_rng_keys``: ``num`` fresh keys, stacked along a leading axis
   (one :func:`next_rng_key` draw, split ``num`` ways: the keys are as fresh as the

@@ -51,6 +51,9 @@ class Program:
   init_groups: tuple | None = None
   init_forward: tuple = ()
   forward_jaxpr: Any = None
+  #: whether the model asked if a key was given (``maybe_next_rng_key``): its program
+  #: then depends on it, and one traced with a key serves no call without (and back)
+  asks_rng: bool = False
 
   def jaxprs(self) -> list:
     """``(label, closed jaxpr)`` of each program there is: apply, init, init's forward."""
@@ -177,9 +180,11 @@ def _explain_unbatched_out(e: ValueError, frame) -> None:
       jax_error=str(e).strip(), sites=sites)) from e
 
 
-def trace(f, sig: Signature, key_aval, *, name="model"):
-  """Trace ``f`` once for ``sig``; return (Program, OutInfo)."""
+def trace(f, sig: Signature, key_aval, *, name="model", rng_given: bool = True):
+  """Trace ``f`` once for ``sig``; return (Program, OutInfo). ``rng_given``: whether
+  the call has a key (what ``maybe_next_rng_key`` answers)."""
   frame = _context.Frame(key_aval)
+  frame.rng_given = rng_given
   out_info = []
 
   def fn(*dyn):
@@ -213,5 +218,5 @@ def trace(f, sig: Signature, key_aval, *, name="model"):
       in_roles=tuple(("arg", i) for i in range(len(avals))),
       out_roles=tuple(("out", i) for i in range(n_out)),
       params=dict(frame.params), states=dict(frame.states), rng_sites=dict(frame.rng_sites),
-      key_aval=key_aval, facts=frozenset({"traced"}))
+      key_aval=key_aval, facts=frozenset({"traced"}), asks_rng=frame.asks_rng)
   return program, out_info[0]

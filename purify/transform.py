@@ -111,19 +111,21 @@ class _Purified:
     entries = self.cache.setdefault(sig, {})
     if kind in entries:
       return entries[kind], dyn
-    for c in entries.values():        # a program that never derives a key serves any kind
+    for k, c in entries.items():      # a program that never derives a key serves any kind
+      if c.program.asks_rng and (k is None) != (kind is None):
+        continue                      # (maybe_next_rng_key answered the other way)
       if not c.program.params and not c.needs_rng:
         return c, dyn
       if kind is None:
         return c, dyn
     key_aval = jax.typeof(rng) if rng is not None else keys.default_key_aval()
-    c = self._build(sig, key_aval)
+    c = self._build(sig, key_aval, rng_given=rng is not None)
     entries[kind] = c
     return c, dyn
 
-  def _build(self, sig, key_aval) -> Compiled:
+  def _build(self, sig, key_aval, rng_given=True) -> Compiled:
     self.trace_count += 1
-    program, out_info = trace_lib.trace(self.f, sig, key_aval)
+    program, out_info = trace_lib.trace(self.f, sig, key_aval, rng_given=rng_given)
     program, records = self.pipeline.run(program)
     name = getattr(self.f, "__name__", "model")
     apply_exec = lowering.Executable(program.jaxpr, f"{name}_apply")

@@ -353,3 +353,51 @@ def test_next_rng_keys_gives_num_distinct_fresh_keys(typed):
 def test_next_rng_keys_refuses_a_count_that_is_not_a_positive_int(num):
   with pytest.raises(ValueError, match=r"num must be a positive Python int"):
     purify.transform(lambda: purify.next_rng_keys(num)).apply({}, jax.random.key(0))
+
+
+# ----------------------------------------------------------------------------- maybe_next_rng_key
+def _maybe_dropout(lib):
+  draw = hk.maybe_next_rng_key if lib is hk else purify.maybe_next_rng_key
+  drop = (lambda k, x: hk.dropout(k, 0.5, x)) if lib is hk else \
+      (lambda k, x: purify.nn.dropout(0.5, x, rng=k))
+  def f(x):
+    key = draw()
+    h = (hk.Linear if lib is hk else purify.nn.Linear)(8)(x)
+    return h if key is None else drop(key, h)
+  return f
+
+
+@pytest.mark.parametrize("order", ["key_first", "none_first"])
+def test_maybe_next_rng_key_is_a_key_when_given_and_none_without(order):
+  x = jnp.ones((4, 3))
+  t, hk_t = purify.transform(_maybe_dropout(purify)), hk.transform(_maybe_dropout(hk))
+  params = t.init(jax.random.key(0), x)
+  calls = [jax.random.key(1), None] if order == "key_first" else [None, jax.random.key(1)]
+  outs = {("key" if r is not None else "none"): t.apply(params, r, x) for r in calls}
+  clean = outs["none"]
+  np.testing.assert_array_equal(clean, hk_t.apply(params, None, x))       # no key: no dropout
+  dropped = np.asarray(outs["key"])
+  assert (dropped == 0).any() and not np.array_equal(dropped, clean)     # a key: dropout
+  np.testing.assert_allclose(dropped[dropped != 0], 2 * np.asarray(clean)[dropped != 0], rtol=1e-6)
+  # the same under jax.jit, with the other call's program not reused for either
+  np.testing.assert_array_equal(jax.jit(t.apply)(params, None, x), clean)
+  np.testing.assert_array_equal(jax.jit(t.apply)(params, jax.random.key(1), x), dropped)
+
+
+def test_maybe_next_rng_key_under_vmap_and_in_a_custom_vjp():
+  x = jnp.ones((6, 16))
+  def f(x):
+    def per_example(xi):
+      k = purify.maybe_next_rng_key()
+      return xi if k is None else purify.nn.dropout(0.5, xi, rng=k)
+    @purify.custom_vjp
+    def g(y):
+      k = purify.maybe_next_rng_key()
+      return y if k is None else y * 2.0
+    g.defvjp(lambda y: (g(y), None), lambda _, ct: (ct,))
+    return g(jax.vmap(per_example)(x))
+  t = purify.transform(f)
+  np.testing.assert_array_equal(t.apply({}, None, x), x)
+  out = np.asarray(t.apply({}, jax.random.key(3), x))
+  assert set(np.unique(out)) <= {0.0, 4.0}
+  assert len({r.tobytes() for r in (out != 0)}) > 1                       # a mask per example
