@@ -23,7 +23,9 @@ from purify.effects import (param, next_rng_key, next_rng_keys, maybe_next_rng_k
 from purify.errors import PurifyError
 from purify.module import Module, name_scope
 from purify.transform import (transform, transform_with_state, without_apply_rng, without_state,
-                              with_empty_state, Transformed, TransformedWithState)
+                              with_empty_state, multi_transform, multi_transform_with_state,
+                              Transformed, TransformedWithState, MultiTransformed,
+                              MultiTransformedWithState)
 from purify.effects import (custom_creator, custom_getter, ParamContext, with_params, get_params,
                             params_used)
 from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch, checkpoint, remat,
@@ -40,7 +42,8 @@ __version__ = "0.1.0"
 __all__ = [
     "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
     "Module", "name_scope", "transform", "transform_with_state", "without_apply_rng", "without_state",
-    "with_empty_state", "Transformed", "TransformedWithState",
+    "with_empty_state", "multi_transform", "multi_transform_with_state", "Transformed",
+    "TransformedWithState", "MultiTransformed", "MultiTransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
     "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
     "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "nn",

@@ -97,9 +97,12 @@ def _checked_key_kind(rng, where: str):
 class _Purified:
   """The shared core of one transform: the trace cache and the runners."""
 
-  def __init__(self, f: Callable, with_state: bool, pipeline=None):
+  def __init__(self, f: Callable, with_state: bool, pipeline=None, shared: bool = False):
     self.f = f
     self.with_state = with_state
+    # one of multi_transform's functions: params and state may hold other functions'
+    # entries (ignored; state returned whole, with this function's updates)
+    self.shared = shared
     self.pipeline = pipeline or passes_lib.default_pipeline()
     self.cache: dict[Any, dict[Any, Compiled]] = {}
     self.trace_count = 0
@@ -168,8 +171,9 @@ class _Purified:
       c, dyn = self.compiled(rng, args, kwargs, "apply(params, state, rng, ...)"
                              if self.with_state else "apply(params, rng, ...)")
     prog = c.program
-    flat_params = _flatten_checked(params, prog.params, "params")
-    flat_state = _flatten_checked(state or {}, prog.states, "state") if self.with_state else []
+    flat_params = _flatten_checked(params, prog.params, "params", self.shared)
+    flat_state = _flatten_checked(state or {}, prog.states, "state", self.shared) \
+        if self.with_state else []
     if c.needs_rng and rng is None:
       sites = "\n".join(f"  {s}  at {w}" for s, w in prog.rng_sites.items())
       raise errors.MissingRngError(errors.MISSING_RNG.format(sites=sites))
@@ -195,7 +199,11 @@ class _Purified:
         new_state[r[1]] = v
     out = _unflatten_out(c.out_info, outs)
     if self.with_state:
-      return out, _nest(list(new_state), list(new_state.values()))
+      new = _nest(list(new_state), list(new_state.values()))
+      if self.shared:                 # the other functions' state, as it came
+        new = {m: {**(state or {}).get(m, {}), **new.get(m, {})}
+               for m in {**(state or {}), **new}}
+      return out, new
     return out
 
 
@@ -250,7 +258,7 @@ def _nest(keys_, values):
   return out
 
 
-def _flatten_checked(tree, table, what):
+def _flatten_checked(tree, table, what, allow_extra=False):
   if not isinstance(tree, dict):
     raise TypeError(f"apply() expects {what} as a dict {{module: {{name: array}}}}, "
                     f"got {type(tree).__name__}")
@@ -268,6 +276,8 @@ def _flatten_checked(tree, table, what):
           module=module, name=name, got_shape=shape, got_dtype=dtype, shape=site.shape,
           dtype=site.dtype, site=site.site).replace("params", what))
     flat.append(v)
+  if allow_extra:
+    return flat
   for module, sub in tree.items():
     for name in (sub if isinstance(sub, dict) else {"<not a dict>": None}):
       if (module, name) not in table:
@@ -459,6 +469,10 @@ def without_apply_rng(transformed):
       params = model.init(jax.random.key(0), x)
       y = model.apply(params, x)
   """
+  if isinstance(transformed, (MultiTransformed, MultiTransformedWithState)):
+    with_state = isinstance(transformed, MultiTransformedWithState)
+    return type(transformed)(transformed.init, jax.tree_util.tree_map(
+        lambda a: a if a.rng_dropped else _ApplyWithoutRng(a, with_state), transformed.apply))
   _check_transformed(transformed, "without_apply_rng")
   if transformed.apply.rng_dropped:
     return transformed                  # (as Haiku: applying it twice changes nothing)
@@ -492,3 +506,84 @@ def with_empty_state(transformed):
   _check_transformed(transformed, "with_empty_state", (Transformed,))
   return TransformedWithState(_InitWithEmptyState(transformed.init),
                               _ApplyWithEmptyState(transformed.apply))
+
+
+class MultiTransformed(NamedTuple):
+  """``init, apply = purify.multi_transform(f)``: ``apply`` is a tree of functions."""
+  init: Callable
+  apply: Any
+
+
+class MultiTransformedWithState(NamedTuple):
+  """``init, apply = purify.multi_transform_with_state(f)``."""
+  init: Callable
+  apply: Any
+
+
+def _functions_of(f):
+  """The tree structure of the functions ``f()`` returns (second of its pair), found
+  by calling ``f`` once in a throwaway trace (modules need one to be created)."""
+  got = []
+
+  def probe():
+    out = f()
+    if not (isinstance(out, tuple) and len(out) == 2 and callable(out[0])):
+      raise TypeError(
+          "purify.multi_transform(f): f() must return (template, functions): a function "
+          "that uses every module (what init runs) and a tree of functions (one apply "
+          f"each); got {type(out).__name__}.")
+    got.append(out[1])
+    return 0
+  with _context.frame_scope(_context.Frame(keys.default_key_aval())):
+    jax.make_jaxpr(probe)()
+  leaves, treedef = jax.tree_util.tree_flatten(got[0])
+  bad = [type(x).__name__ for x in leaves if not callable(x)]
+  if bad:
+    raise TypeError(f"purify.multi_transform(f): the functions f() returns must be callables; "
+                    f"got {', '.join(bad)}.")
+  return len(leaves), treedef
+
+
+def _multi(f, with_state, pipeline):
+  n, treedef = _functions_of(f)
+  name = getattr(f, "__name__", "model")
+
+  def template(*args, **kwargs):
+    return f()[0](*args, **kwargs)
+
+  def member(i):
+    def fn(*args, **kwargs):
+      return jax.tree_util.tree_leaves(f()[1])[i](*args, **kwargs)
+    fn.__name__ = f"{name}[{i}]"
+    return fn
+  template.__name__ = name
+  init = InitFn(_Purified(template, with_state, pipeline))
+  applies = [ApplyFn(_Purified(member(i), with_state, pipeline, shared=True)) for i in range(n)]
+  return init, jax.tree_util.tree_unflatten(treedef, applies)
+
+
+def multi_transform(f: Callable, *, pipeline=None):
+  """Haiku's ``hk.multi_transform``: ``f()`` returns ``(template, functions)`` — a
+  function that uses every module (``init`` runs it and creates all parameters) and
+  a tree of functions sharing those modules; ``apply`` is the same tree of pure
+  functions, each ``apply_i(params, rng, *args)`` taking the whole params.
+
+  Example::
+
+      def f():
+        encoder, decoder = purify.nn.Linear(2, name="encoder"), purify.nn.Linear(3, name="decoder")
+        return (lambda x: decoder(encoder(x))), (encoder, decoder)
+
+      model = purify.multi_transform(f)
+      params = model.init(jax.random.key(0), x)
+      encode, decode = model.apply
+      y = decode(params, None, encode(params, None, x))
+  """
+  return MultiTransformed(*_multi(f, False, pipeline))
+
+
+def multi_transform_with_state(f: Callable, *, pipeline=None):
+  """:func:`multi_transform` with state: ``init -> (params, state)``, each
+  ``apply_i(params, state, rng, *args) -> (out, state)`` (the whole state, with
+  this function's updates)."""
+  return MultiTransformedWithState(*_multi(f, True, pipeline))

@@ -401,3 +401,64 @@ def test_maybe_next_rng_key_under_vmap_and_in_a_custom_vjp():
   out = np.asarray(t.apply({}, jax.random.key(3), x))
   assert set(np.unique(out)) <= {0.0, 4.0}
   assert len({r.tobytes() for r in (out != 0)}) > 1                       # a mask per example
+
+
+# ----------------------------------------------------------------------------- multi_transform
+def _encoder_decoder(lib, linear):
+  def f():
+    enc, dec = linear(2, name="encoder"), linear(3, name="decoder")
+    return (lambda x: dec(enc(x))), {"enc": enc, "dec": dec, "both": lambda x: dec(enc(x)) * 2}
+  return f
+
+
+def test_multi_transform_is_haikus_and_each_apply_takes_the_whole_params():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+  hk_t = hk.multi_transform(_encoder_decoder(hk, hk.Linear))
+  pf_t = purify.multi_transform(_encoder_decoder(purify, purify.nn.Linear))
+  assert isinstance(pf_t, purify.MultiTransformed) and sorted(pf_t.apply) == ["both", "dec", "enc"]
+  hk_params = hk_t.init(jax.random.PRNGKey(1), x)
+  assert _tree(pf_t.init(jax.random.PRNGKey(1), x)) == _tree(hk_params)
+  z = pf_t.apply["enc"](hk_params, None, x)              # Haiku's params, all of them
+  np.testing.assert_allclose(z, hk_t.apply["enc"](hk_params, None, x), rtol=1e-6)
+  np.testing.assert_allclose(pf_t.apply["dec"](hk_params, None, z),
+                             hk_t.apply["dec"](hk_params, None, z), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(pf_t.apply["both"])(hk_params, None, x),
+                             hk_t.apply["both"](hk_params, None, x), rtol=1e-6)
+  no_rng = purify.without_apply_rng(pf_t)
+  np.testing.assert_array_equal(no_rng.apply["enc"](hk_params, x), z)
+  # a missing entry is still an error naming it
+  with pytest.raises(purify.errors.ParamsMismatchError, match="encoder/w"):
+    pf_t.apply["enc"]({"decoder": hk_params["decoder"]}, None, x)
+
+
+def test_multi_transform_with_state_returns_the_whole_state():
+  def f():
+    enc = purify.nn.Linear(2, name="encoder")
+    norm = purify.nn.BatchNorm(True, True, 0.9)
+    dec = purify.nn.Linear(3, name="decoder")
+    def encode(x):
+      return norm(enc(x), is_training=True)
+    def count(x):
+      n = purify.get_state("calls", (), jnp.int32, init=jnp.zeros)
+      purify.set_state("calls", n + 1)
+      return dec(x)
+    return (lambda x: count(encode(x))), (encode, count)
+  t = purify.multi_transform_with_state(f)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+  params, state = t.init(jax.random.PRNGKey(1), x)
+  assert sorted(state) == ["batch_norm/~/mean_ema", "batch_norm/~/var_ema", "~"]
+  encode, count = t.apply
+  z, state2 = encode(params, state, None, x)
+  assert sorted(state2) == sorted(state)                 # the whole state comes back
+  assert int(state2["batch_norm/~/mean_ema"]["counter"]) == 1 and int(state2["~"]["calls"]) == 0
+  _, state3 = count(params, state2, None, z)
+  assert int(state3["~"]["calls"]) == 1
+  np.testing.assert_array_equal(state3["batch_norm/~/mean_ema"]["hidden"],
+                                state2["batch_norm/~/mean_ema"]["hidden"])
+
+
+def test_multi_transform_of_a_factory_returning_something_else_says_what_it_takes():
+  with pytest.raises(TypeError, match=r"f\(\) must return \(template, functions\)"):
+    purify.multi_transform(lambda: purify.nn.Linear(2))
+  with pytest.raises(TypeError, match="must be callables; got int"):
+    purify.multi_transform(lambda: (lambda x: x, (1, lambda x: x)))
