@@ -21,7 +21,7 @@ Stages (one module each): effects -> trace -> passes -> lowering -> transform.
 from purify.effects import (param, next_rng_key, next_rng_keys, maybe_next_rng_key, get_state,
                             set_state, default_init)
 from purify.errors import PurifyError
-from purify.module import Module, name_scope
+from purify.module import Module, name_scope, to_module
 from purify.transform import (transform, transform_with_state, without_apply_rng, without_state,
                               with_empty_state, multi_transform, multi_transform_with_state,
                               Transformed, TransformedWithState, MultiTransformed,
@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
-    "Module", "name_scope", "transform", "transform_with_state", "without_apply_rng", "without_state",
+    "Module", "name_scope", "to_module", "transform", "transform_with_state", "without_apply_rng", "without_state",
     "with_empty_state", "multi_transform", "multi_transform_with_state", "Transformed",
     "TransformedWithState", "MultiTransformed", "MultiTransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",

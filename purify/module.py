@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from typing import Callable
 
 from purify import _context
 from purify import effects
@@ -200,3 +201,38 @@ def namespace(name: str):
     yield module.module_name
   finally:
     frame.module_stack.pop()
+
+
+def to_module(f: Callable) -> type:
+  """Haiku's ``hk.to_module``: a module class whose instances call ``f`` (its
+  parameters and state belong to the instance; default name ``f.__name__``).
+
+  Example::
+
+      def bias_fn(x):
+        return x + purify.param("b", (), init=jax.nn.initializers.zeros)
+      Bias = purify.to_module(bias_fn)
+
+      def f(x, y):
+        b = Bias(name="my_bias")
+        return b(x) * b(y)           # one parameter: params["my_bias"]["b"]
+  """
+  if not callable(f):
+    raise TypeError(f"purify.to_module takes a function, got {type(f).__name__}.")
+
+  class ToModuleWrapper(Module):
+    def __init__(self, name=None):
+      if name is None:
+        name = getattr(f, "__name__", "to_module")
+      elif not isinstance(name, str):
+        raise TypeError(
+            f"purify.to_module({getattr(f, '__name__', f)!r}) returned a class: create an "
+            f"instance first, then call it (cls = purify.to_module(fn); mod = cls(); "
+            f"out = mod(x)); got {type(name).__name__} as its name.")
+      super().__init__(name=name)
+
+    def __call__(self, *args, **kwargs):
+      return f(*args, **kwargs)
+
+  ToModuleWrapper.__doc__ = getattr(f, "__doc__", None) or ToModuleWrapper.__doc__
+  return ToModuleWrapper

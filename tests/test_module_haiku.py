@@ -462,3 +462,26 @@ def test_multi_transform_of_a_factory_returning_something_else_says_what_it_take
     purify.multi_transform(lambda: purify.nn.Linear(2))
   with pytest.raises(TypeError, match="must be callables; got int"):
     purify.multi_transform(lambda: (lambda x: x, (1, lambda x: x)))
+
+
+# ----------------------------------------------------------------------------- to_module
+def test_to_module_is_haikus():
+  def bias_fn(lib):
+    def bias(x):
+      return x + (hk.get_parameter("b", [], init=jnp.ones) if lib is hk else
+                  purify.param("b", (), init=jax.nn.initializers.ones))
+    return bias
+  def program(lib):
+    Bias = (hk.to_module if lib is hk else purify.to_module)(bias_fn(lib))
+    def f(x, y):
+      b, c = Bias(name="my_bias"), Bias()
+      return b(x) * b(y) + c(x)
+    return f
+  x, y = jnp.ones(3), 2 * jnp.ones(3)
+  hk_t, pf_t = hk.transform(program(hk)), purify.transform(program(purify))
+  params = hk_t.init(jax.random.PRNGKey(0), x, y)
+  assert _tree(pf_t.init(jax.random.PRNGKey(0), x, y)) == _tree(params) == \
+      {"my_bias": {"b": ()}, "bias": {"b": ()}}
+  np.testing.assert_array_equal(pf_t.apply(params, None, x, y), hk_t.apply(params, None, x, y))
+  with pytest.raises(TypeError, match="create an instance first"):
+    purify.transform(lambda x: purify.to_module(bias_fn(purify))(x)).init(jax.random.PRNGKey(0), x)
