@@ -22,10 +22,14 @@ from purify import _context
 from purify import effects
 from purify import errors
 
+#: Haiku's class-name-to-module-name rule: an underscore before a capital that follows
+#: a lowercase letter or digit, or that starts a word (a capital followed by a lowercase
+#: letter, not at the start); ``_DeepRNN`` -> ``__deep_rnn``, ``HTTPServer`` -> ``http_server``
+_CAMEL = re.compile(r"((?<=[a-z0-9])[A-Z]|(?!^)[A-Z](?=[a-z]))")
+
+
 def _snake(name: str) -> str:
-  s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
-  s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
-  return s.lower()
+  return _CAMEL.sub(r"_\1", name).lower()
 
 
 _IDENT = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -485,3 +485,18 @@ def test_to_module_is_haikus():
   np.testing.assert_array_equal(pf_t.apply(params, None, x, y), hk_t.apply(params, None, x, y))
   with pytest.raises(TypeError, match="create an instance first"):
     purify.transform(lambda x: purify.to_module(bias_fn(purify))(x)).init(jax.random.PRNGKey(0), x)
+
+
+# ----------------------------------------------------------------------------- default names
+@pytest.mark.parametrize("cls_name", [
+    "MLP", "ResNet50", "HTTPServer", "_DeepRNN", "My_Module", "ABC_Def", "__Foo", "FooBAR",
+    "Foo2Bar", "mixedCase", "IOError", "Conv2DTranspose", "Foo__Bar", "A"])
+def test_a_modules_default_name_is_haikus(cls_name):
+  def program(lib):
+    cls = type(cls_name, (lib.Module,), {
+        "__call__": lambda self, x: x * (hk.get_parameter("w", [], init=jnp.ones) if lib is hk
+                                         else purify.param("w", (), init=jax.nn.initializers.ones))})
+    return lambda x: cls()(x)
+  x = jnp.ones(2)
+  want = hk.transform(program(hk)).init(jax.random.PRNGKey(0), x)
+  assert _tree(purify.transform(program(purify)).init(jax.random.PRNGKey(0), x)) == _tree(want)

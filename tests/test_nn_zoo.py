@@ -112,6 +112,12 @@ ZOO = [
     Layer("MLP", ("MLP",), module(lambda a: nn.MLP([4, 3])), normal(4)),
     Layer("MLP_dropout", ("MLP",), module(lambda a: nn.MLP([16, 3]), dropout_rate=0.5),
           normal(4), rng=True),
+    Layer("Flatten", ("Flatten",), module(lambda a: nn.Flatten()), normal(2, 3, 2)),
+    Layer("Reshape", ("Reshape",), module(lambda a: nn.Reshape((2, -1), preserve_dims=-2)),
+          normal(2, 3, 2)),
+    Layer("Bias", ("Bias",), module(lambda a: nn.Bias(bias_dims=[-1]), multiplier=-1.0),
+          normal(2, 3)),
+    Layer("BatchApply", ("BatchApply",), lambda a: nn.BatchApply(nn.Linear(3)), normal(2, 2, 4)),
     Layer("Sequential", ("Sequential",),
           module(lambda a: nn.Sequential([nn.Linear(3), jax.nn.relu, nn.Linear(2)])), normal(4)),
     Layer("ConvND", ("ConvND",), module(lambda a: nn.ConvND(1, 2, 3)), normal(1, 5, 2)),
@@ -126,6 +132,12 @@ ZOO = [
           module(lambda a: nn.Conv2DTranspose(2, 2, stride=2)), normal(1, 3, 3, 2)),
     Layer("Conv3DTranspose", ("Conv3DTranspose",), module(lambda a: nn.Conv3DTranspose(1, 2)),
           normal(1, 2, 2, 2, 1)),
+    Layer("DepthwiseConv1D", ("DepthwiseConv1D",), module(lambda a: nn.DepthwiseConv1D(2, 3)),
+          normal(1, 5, 2)),
+    Layer("DepthwiseConv2D", ("DepthwiseConv2D",),
+          module(lambda a: nn.DepthwiseConv2D(1, 2, stride=2)), normal(1, 4, 4, 2)),
+    Layer("DepthwiseConv3D", ("DepthwiseConv3D",),
+          module(lambda a: nn.DepthwiseConv3D(2, 2, data_format="NCDHW")), normal(1, 2, 2, 2, 2)),
     Layer("max_pool", ("max_pool",), lambda a: lambda x: nn.max_pool(x, 2, 2, "VALID"),
           normal(1, 4, 4, 2)),
     Layer("avg_pool", ("avg_pool",), lambda a: lambda x: nn.avg_pool(x, 3, 1, "SAME"),
@@ -148,6 +160,18 @@ ZOO = [
           pair(normal(3, 2), normal(3))),
     Layer("dynamic_unroll", ("dynamic_unroll",), _unroll(nn.dynamic_unroll, lambda: nn.GRU(3)),
           pair(normal(3, 2), normal(3))),
+    Layer("DeepRNN", ("DeepRNN",), _unroll(nn.dynamic_unroll, lambda: nn.DeepRNN(
+        [nn.VanillaRNN(3), jax.nn.relu, nn.GRU(2)])),
+          pair(normal(3, 2), pair(normal(3), normal(2)))),
+    Layer("deep_rnn_with_skip_connections", ("deep_rnn_with_skip_connections",),
+          lambda a: (lambda c: lambda x: c(*x))(nn.deep_rnn_with_skip_connections(
+              [nn.GRU(3), nn.VanillaRNN(2)])), pair(normal(2), pair(normal(3), normal(2)))),
+    # a batch of 2 inside each example: example 0 of it reset, example 1 not
+    Layer("ResetCore", ("ResetCore",), lambda a: (lambda c: lambda x: c(*x))(
+        nn.ResetCore(nn.GRU(3))), pair(pair(normal(2, 2), lambda rs: jnp.array([True, False])),
+                                       normal(2, 3))),
+    Layer("IdentityCore", ("IdentityCore",), _unroll(nn.dynamic_unroll, nn.IdentityCore),
+          pair(normal(3, 2), lambda rs: ())),
     Layer("LayerNorm", ("LayerNorm",), module(lambda a: nn.LayerNorm(-1, True, True)), normal(4)),
     Layer("InstanceNorm", ("InstanceNorm",), module(lambda a: nn.InstanceNorm(True, True)),
           normal(1, 3, 3, 2)),
@@ -197,7 +221,8 @@ EXCLUDED = {
     "ResNet152": "a preset of ResNet (same class and code; the zoo runs a tiny ResNet)",
     "ResNet200": "a preset of ResNet (same class and code; the zoo runs a tiny ResNet)",
 }
-FUNCTIONAL_LAYERS = {"dropout", "max_pool", "avg_pool", "static_unroll", "dynamic_unroll"}
+FUNCTIONAL_LAYERS = {"dropout", "max_pool", "avg_pool", "static_unroll", "dynamic_unroll",
+                     "BatchApply", "deep_rnn_with_skip_connections"}
 
 # Layers whose cell under a vmap WITHOUT reduction over a named axis must be an error
 # (a per-example state write), and the transforms where that applies.

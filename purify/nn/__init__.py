@@ -1,13 +1,16 @@
 """purify.nn: layers built only on purify's public API."""
 from purify.nn.linear import Linear, MLP
+from purify.nn.basic import Flatten, Reshape, Bias, BatchApply
 from purify.nn.conv import (ConvND, Conv1D, Conv2D, Conv3D, ConvNDTranspose, Conv1DTranspose,
-                              Conv2DTranspose, Conv3DTranspose, variance_scaling, pad)
+                              Conv2DTranspose, Conv3DTranspose, DepthwiseConv1D, DepthwiseConv2D,
+                              DepthwiseConv3D, variance_scaling, pad)
 from purify.nn.pool import avg_pool, max_pool, AvgPool, MaxPool
 from purify.nn.embed import Embed, EmbedLookupStyle
 from purify.nn.dropout import dropout
 from purify.nn.attention import MultiHeadAttention
-from purify.nn.recurrent import (RNNCore, VanillaRNN, LSTM, LSTMState, GRU, add_batch,
-                                 static_unroll, dynamic_unroll)
+from purify.nn.recurrent import (RNNCore, VanillaRNN, LSTM, LSTMState, GRU, DeepRNN,
+                                 deep_rnn_with_skip_connections, ResetCore, IdentityCore,
+                                 add_batch, static_unroll, dynamic_unroll)
 from purify.nn.moving_averages import ExponentialMovingAverage, EMAParamsTree
 from purify.nn.norm import (LayerNorm, InstanceNorm, RMSNorm, GroupNorm, BatchNorm,
                             get_channel_index)
@@ -16,12 +19,14 @@ from purify.nn.sequential import Sequential
 from purify.nn.resnet import (ResNet, ResNet18, ResNet34, ResNet50, ResNet101, ResNet152,
                               ResNet200, BlockGroup, BlockV1, BlockV2)
 
-__all__ = ["Linear", "MLP"]
+__all__ = ["Linear", "MLP", "Flatten", "Reshape", "Bias", "BatchApply"]
 __all__ += ["ConvND", "Conv1D", "Conv2D", "Conv3D", "ConvNDTranspose", "Conv1DTranspose",
-            "Conv2DTranspose", "Conv3DTranspose", "variance_scaling", "pad",
+            "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+            "DepthwiseConv3D", "variance_scaling", "pad",
             "avg_pool", "max_pool", "AvgPool", "MaxPool"]
 __all__ += ["Embed", "EmbedLookupStyle", "dropout", "MultiHeadAttention"]
-__all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "add_batch",
+__all__ += ["RNNCore", "VanillaRNN", "LSTM", "LSTMState", "GRU", "DeepRNN",
+            "deep_rnn_with_skip_connections", "ResetCore", "IdentityCore", "add_batch",
             "static_unroll", "dynamic_unroll"]
 __all__ += ["ExponentialMovingAverage", "EMAParamsTree", "LayerNorm", "InstanceNorm",
             "RMSNorm", "GroupNorm", "BatchNorm", "get_channel_index"]

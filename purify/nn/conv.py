@@ -1,5 +1,6 @@
-"""Convolutions (ConvND, Conv1D/2D/3D and their transposes), with Haiku's argument
-names and defaults, parameter names (``w``, ``b``), shapes and default initializers.
+"""Convolutions (ConvND, Conv1D/2D/3D, their transposes and the depthwise
+DepthwiseConv1D/2D/3D), with Haiku's argument names and defaults, parameter names
+(``w``, ``b``), shapes and default initializers.
 
 Also here: ``variance_scaling`` (Haiku's ``VarianceScaling`` as a purify initializer
 ``init(key, shape, dtype)``) and ``pad`` (Haiku's ``hk.pad`` padding functions).
@@ -208,6 +209,19 @@ def _is_padfn(padding) -> bool:
   return callable(padding)
 
 
+def _resolve_padding(padding, kernel_shape, rate, n: int):
+  """A convolution's ``padding`` argument as ``lax.conv_general_dilated`` takes it: a
+  string (upper-cased), one padding function or ``n`` of them (applied to each axis's
+  effective kernel size ``(k - 1) * rate + 1``), or ``(low, high)`` pairs (one pair
+  for every axis, or ``n`` of them)."""
+  if isinstance(padding, str):
+    return padding.upper()
+  if _is_padfn(padding):
+    fns = _replicate(padding, n, "padding")
+    return tuple(tuple(fn((k - 1) * r + 1)) for fn, k, r in zip(fns, kernel_shape, rate))
+  return _padding_from_tuple(padding, n)
+
+
 def _padding_from_tuple(padding, n: int):
   if not padding:
     raise ValueError("padding must not be empty.")
@@ -241,15 +255,14 @@ def _bias_shape(channel_index: int, out: int, n: int):
   return (out,) if channel_index == -1 else (out,) + (1,) * n
 
 
-def _setup(module, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
-           w_init, b_init, mask, data_format, transpose: bool) -> int:
-  """The arguments ConvND and ConvNDTranspose share, checked and stored on ``module``;
-  returns ``num_spatial_dims``."""
+def _setup(module, num_spatial_dims, kernel_shape, stride, with_bias, w_init, b_init,
+           mask, data_format, transpose: bool) -> int:
+  """The arguments ConvND, ConvNDTranspose and DepthwiseConvND share, checked and
+  stored on ``module``; returns ``num_spatial_dims``."""
   if num_spatial_dims <= 0:
     raise ValueError("We only support convolution operations for `num_spatial_dims` "
                      f"greater than 0, received num_spatial_dims={num_spatial_dims}.")
   n = module.num_spatial_dims = num_spatial_dims
-  module.output_channels = output_channels
   module.kernel_shape = _replicate(kernel_shape, n, "kernel_shape")
   module.with_bias = with_bias
   module.stride = _replicate(stride, n, "strides")
@@ -279,10 +292,10 @@ def _weights(module, w_shape, fan_in_shape, dtype):
 
 
 def _finish(module, out, dtype, unbatched: bool):
-  """``out`` plus the bias ``b`` (if ``with_bias``), without the batch axis that
-  :func:`_batched` added."""
+  """``out`` plus the bias ``b`` (if ``with_bias``; one value per output channel),
+  without the batch axis that :func:`_batched` added."""
   if module.with_bias:
-    b = purify.param("b", _bias_shape(module.channel_index, module.output_channels,
+    b = purify.param("b", _bias_shape(module.channel_index, out.shape[module.channel_index],
                                       module.num_spatial_dims),
                      dtype, init=module.b_init)
     out = out + jnp.broadcast_to(b, out.shape)
@@ -312,19 +325,13 @@ class ConvND(purify.Module):
                data_format: str = "channels_last", mask=None,
                feature_group_count: int = 1, name: str | None = None):
     super().__init__(name=name)
-    n = _setup(self, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
-               w_init, b_init, mask, data_format, transpose=False)
+    n = _setup(self, num_spatial_dims, kernel_shape, stride, with_bias, w_init, b_init, mask,
+               data_format, transpose=False)
+    self.output_channels = output_channels
     self.feature_group_count = feature_group_count
     self.lhs_dilation = (1,) * n
     self.kernel_dilation = _replicate(rate, n, "kernel_dilation")
-    if isinstance(padding, str):
-      self.padding = padding.upper()
-    elif _is_padfn(padding):
-      fns = _replicate(padding, n, "padding")
-      self.padding = tuple(
-          tuple(fn((k - 1) * r + 1)) for fn, k, r in zip(fns, self.kernel_shape, self.kernel_dilation))
-    else:
-      self.padding = _padding_from_tuple(padding, n)
+    self.padding = _resolve_padding(padding, self.kernel_shape, self.kernel_dilation, n)
 
   def __call__(self, inputs, *, precision=None):
     inputs, unbatched = _batched(inputs, self.num_spatial_dims, "ConvND")
@@ -396,6 +403,114 @@ class Conv3D(ConvND):
                      feature_group_count=feature_group_count, name=name)
 
 
+# ----------------------------------------------------------------------------- depthwise
+
+class DepthwiseConvND(purify.Module):
+  """N-dimensional depthwise convolution (Haiku's ``DepthwiseConvND``): each input
+  channel is convolved with its own ``channel_multiplier`` filters, so ``C`` input
+  channels give ``channel_multiplier * C`` outputs (output ``c * channel_multiplier + j``
+  is filter ``j`` of input channel ``c``).
+
+  Parameters ``w: kernel_shape + (1, channel_multiplier * C)`` and ``b:
+  (channel_multiplier * C,)`` (``(channel_multiplier * C, 1, ..., 1)`` for
+  channels-first layouts). The default ``w_init`` is Haiku's: a normal of std
+  ``1 / sqrt(prod(kernel_shape))`` truncated at two stds; ``b_init`` defaults to
+  zeros. Inputs are ``[N, *spatial, C]`` (or ``[N, C, *spatial]``), or unbatched.
+  ``padding`` is ``"SAME"``, ``"VALID"``, ``(low, high)`` pairs or padding
+  functions, as for :class:`ConvND`.
+
+  Unlike Haiku: unbatched inputs, a single ``(low, high)`` pair and padding functions
+  are accepted (as by ConvND), and the channels-first bias of the 1D and 3D layers is
+  ``(channel_multiplier * C, 1)`` / ``(channel_multiplier * C, 1, 1, 1)`` (Haiku
+  makes it ``(channel_multiplier * C, 1, 1)`` for every rank, which fails to broadcast
+  or lands on the wrong axes; the 2D shape is Haiku's).
+
+  Example::
+
+      def f(x):                                   # x: (batch, 8, 8, 3)
+        conv = purify.nn.conv.DepthwiseConvND(2, 3, num_spatial_dims=2,
+                                              data_format="NHWC")
+        return conv(x)                            # (batch, 8, 8, 6); w: (3, 3, 1, 6)
+  """
+
+  def __init__(self, channel_multiplier: int, kernel_shape: int | Sequence[int],
+               num_spatial_dims: int, data_format: str, stride: int | Sequence[int] = 1,
+               rate: int | Sequence[int] = 1, padding="SAME", with_bias: bool = True,
+               w_init: Callable | None = None, b_init: Callable | None = None,
+               name: str | None = None):
+    super().__init__(name=name)
+    n = _setup(self, num_spatial_dims, kernel_shape, stride, with_bias, w_init, b_init,
+               None, data_format, transpose=False)
+    self.channel_multiplier = channel_multiplier
+    self.lhs_dilation = (1,) * n
+    self.rhs_dilation = _replicate(rate, n, "rhs_dilation")
+    self.padding = _resolve_padding(padding, self.kernel_shape, self.rhs_dilation, n)
+
+  def __call__(self, inputs, *, precision=None):
+    inputs, unbatched = _batched(inputs, self.num_spatial_dims, type(self).__name__)
+    in_channels = inputs.shape[self.channel_index]
+    w_shape = self.kernel_shape + (1, self.channel_multiplier * in_channels)
+    w = _weights(self, w_shape, w_shape[:-1], inputs.dtype)
+    out = lax.conv_general_dilated(
+        inputs, w, window_strides=self.stride, padding=self.padding,
+        lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
+        dimension_numbers=self.dimension_numbers, feature_group_count=in_channels,
+        precision=precision)
+    return _finish(self, out, inputs.dtype, unbatched)
+
+
+class DepthwiseConv1D(DepthwiseConvND):
+  """1D depthwise convolution over ``[N, W, C]`` ("NWC") or ``[N, C, W]`` ("NCW").
+
+  Example::
+
+      def f(x):                                   # x: (batch, 10, 4)
+        return purify.nn.DepthwiseConv1D(2, 3)(x) # (batch, 10, 8); w: (3, 1, 8)
+  """
+
+  def __init__(self, channel_multiplier: int, kernel_shape, stride=1, rate=1,
+               padding="SAME", with_bias: bool = True, w_init=None, b_init=None,
+               data_format: str = "NWC", name: str | None = None):
+    super().__init__(channel_multiplier, kernel_shape, 1, data_format, stride=stride,
+                     rate=rate, padding=padding, with_bias=with_bias, w_init=w_init,
+                     b_init=b_init, name=name)
+
+
+class DepthwiseConv2D(DepthwiseConvND):
+  """2D depthwise convolution over ``[N, H, W, C]`` ("NHWC") or ``[N, C, H, W]`` ("NCHW").
+
+  Example::
+
+      def f(x):                                   # x: (batch, 8, 8, 3)
+        return purify.nn.DepthwiseConv2D(1, 3)(x) # (batch, 8, 8, 3); w: (3, 3, 1, 3)
+  """
+
+  def __init__(self, channel_multiplier: int, kernel_shape, stride=1, rate=1,
+               padding="SAME", with_bias: bool = True, w_init=None, b_init=None,
+               data_format: str = "NHWC", name: str | None = None):
+    super().__init__(channel_multiplier, kernel_shape, 2, data_format, stride=stride,
+                     rate=rate, padding=padding, with_bias=with_bias, w_init=w_init,
+                     b_init=b_init, name=name)
+
+
+class DepthwiseConv3D(DepthwiseConvND):
+  """3D depthwise convolution over ``[N, D, H, W, C]`` ("NDHWC") or ``[N, C, D, H, W]``
+  ("NCDHW").
+
+  Example::
+
+      def f(x):                                   # x: (batch, 4, 4, 4, 2)
+        return purify.nn.DepthwiseConv3D(3, 2)(x) # (batch, 4, 4, 4, 6); w: (2, 2, 2, 1, 6)
+  """
+
+  def __init__(self, channel_multiplier: int, kernel_shape, stride=1, rate=1,
+               padding="SAME", with_bias: bool = True, w_init=None, b_init=None,
+               data_format: str = "NDHWC", name: str | None = None):
+    super().__init__(channel_multiplier, kernel_shape, 3, data_format, stride=stride,
+                     rate=rate, padding=padding, with_bias=with_bias, w_init=w_init,
+                     b_init=b_init, name=name)
+
+
 # ----------------------------------------------------------------------------- transposes
 
 def compute_adjusted_padding(input_size: int, output_size: int, kernel_size: int,
@@ -436,8 +551,9 @@ class ConvNDTranspose(purify.Module):
                b_init: Callable | None = None, data_format: str = "channels_last",
                mask=None, name: str | None = None):
     super().__init__(name=name)
-    n = _setup(self, num_spatial_dims, output_channels, kernel_shape, stride, with_bias,
-               w_init, b_init, mask, data_format, transpose=True)
+    n = _setup(self, num_spatial_dims, kernel_shape, stride, with_bias, w_init, b_init, mask,
+               data_format, transpose=True)
+    self.output_channels = output_channels
     self.output_shape = output_shape
     if output_shape is not None:
       self.output_shape = _replicate(output_shape, n, "output_shape")

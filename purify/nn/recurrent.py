@@ -1,4 +1,6 @@
-"""Recurrent cores (VanillaRNN, LSTM, GRU) and unrolls, with Haiku's names and shapes.
+"""Recurrent cores (VanillaRNN, LSTM, GRU), core combinators (DeepRNN,
+deep_rnn_with_skip_connections, ResetCore, IdentityCore) and unrolls, with Haiku's
+names and shapes.
 
 A core is a module called as ``output, next_state = core(inputs, prev_state)`` with
 ``core.initial_state(batch_size)``. :func:`dynamic_unroll` runs it with a plain
@@ -9,7 +11,7 @@ core's parameters are shared by every step, each step draws its own keys);
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +163,180 @@ class GRU(RNNCore):
 
   def initial_state(self, batch_size: int | None):
     return _zeros(self.hidden_size, batch_size)
+
+
+class IdentityCore(RNNCore):
+  """A core that returns its inputs and keeps an empty state ``()`` (Haiku's
+  ``hk.IdentityCore``): a feed-forward stand-in with a core's interface.
+
+  Example::
+
+      def f(xs):                                    # xs: (T, batch, 3)
+        core = purify.nn.IdentityCore()
+        return purify.nn.dynamic_unroll(core, xs, core.initial_state(xs.shape[1]))  # (xs, ())
+  """
+
+  def __init__(self, name: str | None = None):
+    super().__init__(name=name)
+
+  def __call__(self, inputs, state):
+    return inputs, state
+
+  def initial_state(self, batch_size: int | None):
+    return ()
+
+
+def _conform_reset(should_reset, state):
+  """``should_reset`` with size-1 axes appended so that it broadcasts against ``state``
+  along ``state``'s LEADING axes (``jnp.where`` alone would align the trailing ones and
+  reset entries across examples)."""
+  if should_reset.shape == state.shape[:should_reset.ndim]:
+    return jnp.reshape(should_reset, should_reset.shape + (1,) * (state.ndim - should_reset.ndim))
+  raise ValueError(
+      f"should_reset signal shape {should_reset.shape} is not compatible with state shape "
+      f"{state.shape}: it must be a prefix of every state entry's shape, e.g. [batch_size] "
+      "(or give a tree of signals with the state's structure).")
+
+
+class ResetCore(RNNCore):
+  """Wraps ``core`` to reset its state where a signal says so (Haiku's ``hk.ResetCore``).
+
+  Called as ``core((inputs, should_reset), state)``: where ``should_reset`` is true
+  the state is replaced by ``core.initial_state`` before the step. ``should_reset``
+  is one array whose shape is a prefix of every state entry's shape (e.g.
+  ``[batch_size]``: reset whole examples), or a tree with the state's structure. The
+  state counts as batched when its entries match ``initial_state(1)`` past the first
+  axis; the batch size is then the first input's leading dimension. The state and
+  ``initial_state`` are the wrapped core's.
+
+  Example::
+
+      def f(xs, resets):                            # xs: (T, batch, 3); resets: (T, batch)
+        core = purify.nn.ResetCore(purify.nn.LSTM(4))
+        return purify.nn.dynamic_unroll(core, (xs, resets), core.initial_state(xs.shape[1]))
+  """
+
+  def __init__(self, core: RNNCore, name: str | None = None):
+    super().__init__(name=name)
+    self.core = core
+
+  def __call__(self, inputs, state):
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+      raise TypeError("ResetCore: inputs must be the pair (inputs, should_reset), got "
+                      f"{type(inputs).__name__}; call core((x, should_reset), state).")
+    inputs, should_reset = inputs
+    inputs = jax.tree_util.tree_map(jnp.asarray, inputs)
+    should_reset = jax.tree_util.tree_map(jnp.asarray, should_reset)
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(should_reset)):
+      should_reset = jax.tree_util.tree_map(lambda _: should_reset, state)
+    should_reset = jax.tree_util.tree_map(_conform_reset, should_reset, state)
+    batch_size = jax.tree_util.tree_leaves(inputs)[0].shape[0] if self._is_batched(state) else None
+    initial = jax.tree_util.tree_map(lambda s, i: i.astype(s.dtype), state,
+                                     self.initial_state(batch_size))
+    state = jax.tree_util.tree_map(jnp.where, should_reset, initial, state)
+    return self.core(inputs, state)
+
+  def initial_state(self, batch_size: int | None):
+    return self.core.initial_state(batch_size)
+
+  def _is_batched(self, state) -> bool:
+    """Haiku's rule: batched iff every entry matches ``initial_state(1)`` past axis 0
+    (an empty state is unbatched)."""
+    state = jax.tree_util.tree_leaves(state)
+    if not state:
+      return False
+    batched = jax.tree_util.tree_leaves(self.initial_state(1))
+    return all(b.shape[1:] == s.shape[1:] for b, s in zip(batched, state))
+
+
+class _DeepRNN(RNNCore):
+  """DeepRNN, with or without skip connections (Haiku's ``_DeepRNN``)."""
+
+  def __init__(self, layers: Sequence[Any], skip_connections: bool, name: str | None = None,
+               concat_final_output: bool = True):
+    super().__init__(name=name)
+    self.layers = layers
+    self.skip_connections = skip_connections
+    self.concat_final_output = concat_final_output
+    if skip_connections:
+      for layer in layers:
+        if not isinstance(layer, RNNCore):
+          raise ValueError("skip_connections requires for all layers to be "
+                           f"`purify.nn.RNNCore`s, but {layer!r} is not one. Layers is: "
+                           f"{layers}. Use DeepRNN for cores mixed with plain functions.")
+
+  def __call__(self, inputs, state):
+    cores = sum(isinstance(layer, RNNCore) for layer in self.layers)
+    if not isinstance(state, (tuple, list)) or len(state) != cores:
+      got = (f"{len(state)} entries" if isinstance(state, (tuple, list)) else
+             f"an array of shape {state.shape}" if hasattr(state, "shape") else
+             type(state).__name__)
+      raise ValueError(f"{type(self).__name__}: the state must be a tuple with one entry per "
+                       f"core ({cores}), got {got}; start from initial_state(batch_size).")
+    current, outputs, next_states = inputs, [], []
+    for i, layer in enumerate(self.layers):
+      if self.skip_connections and i > 0:
+        current = jax.tree_util.tree_map(
+            lambda x, *rest: None if x is None else jnp.concatenate((x,) + rest, axis=-1),
+            inputs, current, is_leaf=lambda x: x is None)
+      if isinstance(layer, RNNCore):
+        current, next_state = layer(current, state[len(next_states)])
+        outputs.append(current)
+        next_states.append(next_state)
+      else:
+        current = layer(current)
+    if self.skip_connections and self.concat_final_output:
+      out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=-1), *outputs)
+    else:
+      out = current
+    return out, tuple(next_states)
+
+  def initial_state(self, batch_size: int | None):
+    return tuple(layer.initial_state(batch_size) for layer in self.layers
+                 if isinstance(layer, RNNCore))
+
+
+class DeepRNN(_DeepRNN):
+  """Cores and plain callables in sequence, as one core (Haiku's ``hk.DeepRNN``).
+
+  Each layer gets the previous one's output; a core also gets its own entry of the
+  state, which is a tuple with one entry per :class:`RNNCore` in ``layers`` (``()``
+  if there is none). The output is the last layer's. Modules created by a plain
+  callable while it runs are named under the DeepRNN (``deep_rnn/linear``).
+
+  Example::
+
+      def f(x):                                     # x: (batch, 3)
+        core = purify.nn.DeepRNN([purify.nn.LSTM(4), jax.nn.relu, purify.nn.GRU(2)])
+        out, state = core(x, core.initial_state(x.shape[0]))   # out: (batch, 2)
+        return out                                  # state: (LSTMState, GRU state)
+  """
+
+  def __init__(self, layers: Sequence[Any], name: str | None = None):
+    super().__init__(layers, skip_connections=False, name=name)
+
+
+def deep_rnn_with_skip_connections(layers: Sequence[RNNCore], name: str | None = None,
+                                   concat_final_output: bool = True) -> RNNCore:
+  """A DeepRNN of cores with skip connections (Haiku's
+  ``hk.deep_rnn_with_skip_connections``): core ``i > 0`` gets
+  ``concatenate([inputs, output_{i-1}], -1)``, and the output is the concatenation
+  of every core's output (only the last core's with ``concat_final_output=False``,
+  Sonnet's option; Haiku always concatenates). Every layer must be an
+  :class:`RNNCore`. Unnamed, the module is ``__deep_rnn`` (Haiku's name for its
+  ``_DeepRNN`` class).
+
+  Example::
+
+      def f(x):                                     # x: (batch, 3)
+        core = purify.nn.deep_rnn_with_skip_connections(
+            [purify.nn.LSTM(4), purify.nn.LSTM(2)])     # the second LSTM sees 3 + 4 inputs
+        out, state = core(x, core.initial_state(x.shape[0]))
+        return out                                  # (batch, 4 + 2)
+  """
+  return _DeepRNN(layers, skip_connections=True, name=name,
+                  concat_final_output=concat_final_output)
 
 
 def _swap_batch_time(tree):
