@@ -21,7 +21,7 @@ Stages (one module each): effects -> trace -> passes -> lowering -> transform.
 from purify.effects import (param, next_rng_key, next_rng_keys, maybe_next_rng_key, get_state,
                             set_state, default_init)
 from purify.errors import PurifyError
-from purify.module import Module, name_scope, to_module
+from purify.module import Module, name_scope, to_module, intercept_methods, MethodContext
 from purify.transform import (transform, transform_with_state, without_apply_rng, without_state,
                               with_empty_state, multi_transform, multi_transform_with_state,
                               Transformed, TransformedWithState, MultiTransformed,
@@ -36,16 +36,17 @@ from purify.inspect import make_jaxpr, explain
 from purify import ad_state  # noqa: F401  (installs the autodiff rule for state)
 
 from purify import data_structures  # noqa: E402
+from purify import mixed_precision  # noqa: E402
 from purify import nn  # noqa: E402  (nn uses the API above)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
-    "Module", "name_scope", "to_module", "transform", "transform_with_state", "without_apply_rng", "without_state",
+    "Module", "name_scope", "to_module", "intercept_methods", "MethodContext", "transform", "transform_with_state", "without_apply_rng", "without_state",
     "with_empty_state", "multi_transform", "multi_transform_with_state", "Transformed",
     "TransformedWithState", "MultiTransformed", "MultiTransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
     "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
-    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "nn", "data_structures",
+    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "nn", "data_structures", "mixed_precision",
 ]

@@ -115,6 +115,7 @@ class Frame:
     self.param_logs: list = []        # active logs of the (module, name)s read
     self.creators: list = []     # purify.custom_creator interceptors, outer -> inner
     self.getters: list = []      # purify.custom_getter interceptors, outer -> inner
+    self.state_getters: list = []   # purify.custom_getter(state=True), outer -> inner
     self.lifting = 0
     self.events = 0
     self.rng_given = True        # whether the call has a key (maybe_next_rng_key)

@@ -99,6 +99,7 @@ class _Snapshot:
     self.rng_counts = dict(frame.rng_counts)
     self.states: dict = {}        # (module, name) -> StateSite (unstacked, as the function sees it)
     self.creators, self.getters = list(frame.creators), list(frame.getters)
+    self.state_getters = list(frame.state_getters)
 
   def apply_naming(self, r):
     r.module_counts = dict(self.module_counts)
@@ -113,6 +114,7 @@ class _Snapshot:
     self.apply_naming(r)
     r.states = {k: dataclasses.replace(st) for k, st in self.states.items()}
     r.creators, r.getters = list(self.creators), list(self.getters)
+    r.state_getters = list(self.state_getters)
     r.purify_custom = (owner, self)     # marks a replay of ``owner`` (see _Base.fun)
     return r
 

@@ -312,13 +312,8 @@ def param(name: str, shape, dtype=jnp.float32, init: Callable | None = None):
                             jnp.dtype(dtype), init)
     return frame.creators[i](lambda s, d, n: create(i - 1, s, d, n), shape, dtype, init, ctx)
 
-  def get(i, value):
-    if i < 0:
-      return value
-    return frame.getters[i](lambda v: get(i - 1, v), value, ctx)
-
   value = create(len(frame.creators) - 1, shape, dtype, init)
-  return get(len(frame.getters) - 1, value)
+  return _got(frame.getters, value, ctx)
 
 
 def _declare_param(frame, module, name, shape, dtype, init):
@@ -438,18 +433,20 @@ class ParamContext(NamedTuple):
 
 
 class _Interceptor:
-  def __init__(self, fn, table, what):
+  def __init__(self, fn, tables, what):
     if not callable(fn):
       raise TypeError(f"purify.{what}: expected a callable, got {fn!r}")
-    self.fn, self.table, self.what = fn, table, what
+    self.fn, self.tables, self.what = fn, tables, what
 
   def __enter__(self):
     self.frame = _context.current_frame(self.what, "(interceptors apply inside a transform)")
-    getattr(self.frame, self.table).append(self.fn)
+    for table in self.tables:
+      getattr(self.frame, table).append(self.fn)
     return self
 
   def __exit__(self, *exc):
-    getattr(self.frame, self.table).pop()
+    for table in self.tables:
+      getattr(self.frame, table).pop()
     return False
 
 
@@ -472,13 +469,24 @@ def custom_creator(creator):
         with purify.custom_creator(f32_storage), purify.custom_getter(bf16_compute):
           return purify.nn.Linear(4)(x)
   """
-  return _Interceptor(creator, "creators", "custom_creator")
+  return _Interceptor(creator, ("creators",), "custom_creator")
 
 
-def custom_getter(getter):
-  """Context manager: intercept parameter reads, as Haiku's ``hk.custom_getter``.
+def custom_getter(getter, *, params: bool = True, state: bool = False):
+  """Context manager: intercept parameter reads (``params``) and state reads
+  (``state``, ``get_state``), as Haiku's ``hk.custom_getter``.
   ``getter(next_getter, value, context) -> Array``; see :func:`custom_creator`."""
-  return _Interceptor(getter, "getters", "custom_getter")
+  tables = (("getters",) if params else ()) + (("state_getters",) if state else ())
+  return _Interceptor(getter, tables, "custom_getter")
+
+
+def _got(getters, value, ctx):
+  """``value`` through the getters, the innermost first."""
+  def get(i, value):
+    if i < 0:
+      return value
+    return getters[i](lambda v: get(i - 1, v), value, ctx)
+  return get(len(getters) - 1, value)
 
 
 def next_rng_key():
@@ -592,6 +600,9 @@ def get_state(name: str, shape=None, dtype=jnp.float32, init: Callable | None = 
   value = get_state_p.bind(module=st.module, name=name, shape=st.shape, dtype=st.dtype)
   for _, index, _ in frame.state_stack:
     value = jax.lax.dynamic_index_in_dim(value, index, 0, keepdims=False)
+  if frame.state_getters:
+    ctx = ParamContext(st.path, st.module, name, tuple(value.shape), st.dtype, st.init)
+    value = _got(frame.state_getters, value, ctx)
   return value
 
 

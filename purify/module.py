@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Callable
+import threading
+from typing import Any, Callable, NamedTuple
 
 from purify import _context
 from purify import effects
@@ -56,13 +57,79 @@ class _MethodScope:
     return False
 
 
-def _wrap_method(fn, method_name):
+class MethodContext(NamedTuple):
+  """What a method interceptor is told about the call (Haiku's ``hk.MethodContext``)."""
+  module: Any
+  method_name: str
+  orig_method: Callable
+  orig_class: type
+
+
+class _Interceptors(threading.local):
+  def __init__(self):
+    super().__init__()
+    self.scoped: list = []          # intercept_methods, outer -> inner
+
+
+_INTERCEPTORS = _Interceptors()
+_GLOBAL_INTERCEPTORS: list = []     # intercept_methods_global (mixed precision), run first
+
+
+def _wrap_method(fn, method_name, cls=None):
   @functools.wraps(fn)
   def wrapped(self, *args, **kwargs):
     with _MethodScope(self, method_name):
-      return fn(self, *args, **kwargs)
+      if not _GLOBAL_INTERCEPTORS and not _INTERCEPTORS.scoped:
+        return fn(self, *args, **kwargs)
+      return _run_interceptors(fn, method_name, self, cls or type(self), args, kwargs)
   wrapped._purify_wrapped = True
   return wrapped
+
+
+def _run_interceptors(fn, method_name, module, cls, args, kwargs):
+  """The interceptors in turn (the global ones first, then the scoped ones, outer to
+  inner), each handed the next as ``next_f``; the last calls the method."""
+  chain = list(_GLOBAL_INTERCEPTORS) + list(_INTERCEPTORS.scoped)
+  bound = functools.partial(fn, module)
+  ctx = MethodContext(module, method_name, bound, cls)
+
+  def call(i, args, kwargs):
+    if i == len(chain):
+      return bound(*args, **kwargs)
+    return chain[i](lambda *a, **k: call(i + 1, a, k), args, kwargs, ctx)
+  return call(0, args, kwargs)
+
+
+@contextlib.contextmanager
+def intercept_methods(interceptor: Callable):
+  """Haiku's ``hk.intercept_methods``: while active, every call of a module method
+  runs ``interceptor(next_f, args, kwargs, context)`` instead (``context``: a
+  :class:`MethodContext`), which calls ``next_f(*args, **kwargs)`` to go on (or not).
+
+  Example::
+
+      def log_calls(next_f, args, kwargs, context):
+        print(context.module.module_name, context.method_name)
+        return next_f(*args, **kwargs)
+
+      def f(x):
+        with purify.intercept_methods(log_calls):
+          return purify.nn.MLP([3])(x)
+  """
+  if not callable(interceptor):
+    raise TypeError(f"purify.intercept_methods: expected a callable, got {interceptor!r}")
+  _INTERCEPTORS.scoped.append(interceptor)
+  try:
+    yield
+  finally:
+    _INTERCEPTORS.scoped.pop()
+
+
+def intercept_methods_global(interceptor: Callable) -> None:
+  """Install ``interceptor`` for every method call from now on, before any scoped one
+  (what ``purify.mixed_precision`` uses)."""
+  if interceptor not in _GLOBAL_INTERCEPTORS:
+    _GLOBAL_INTERCEPTORS.insert(0, interceptor)
 
 
 def _unique_name(frame, module, base: str) -> str:
@@ -115,7 +182,7 @@ class Module:
         continue
       if attr.startswith("__") and attr not in ("__init__", "__call__"):
         continue
-      setattr(cls, attr, _wrap_method(value, attr))
+      setattr(cls, attr, _wrap_method(value, attr, cls))
 
   def __init__(self, name: str | None = None):
     frame = _context.current_frame(type(self).__name__ + "()", "(modules are created inside a transform)")
