@@ -295,6 +295,11 @@ def to_module(f: Callable) -> type:
     def __init__(self, name=None):
       if name is None:
         name = getattr(f, "__name__", "to_module")
+        if not _IDENT.match(name):
+          raise ValueError(
+              f"purify.to_module: the function's name {name!r} is not a module name (a "
+              "Python identifier), so an instance needs one: cls = purify.to_module(fn); "
+              "mod = cls(name='my_module').")
       elif not isinstance(name, str):
         raise TypeError(
             f"purify.to_module({getattr(f, '__name__', f)!r}) returned a class: create an "

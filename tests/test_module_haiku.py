@@ -485,6 +485,11 @@ def test_to_module_is_haikus():
   np.testing.assert_array_equal(pf_t.apply(params, None, x, y), hk_t.apply(params, None, x, y))
   with pytest.raises(TypeError, match="create an instance first"):
     purify.transform(lambda x: purify.to_module(bias_fn(purify))(x)).init(jax.random.PRNGKey(0), x)
+  anonymous = purify.to_module(lambda h: h * purify.param("s", (), init=jax.nn.initializers.ones))
+  with pytest.raises(ValueError, match=r"'<lambda>' is not a module name.*cls\(name='my_module'\)"):
+    purify.transform(lambda x: anonymous()(x)).init(jax.random.PRNGKey(0), x)
+  assert _tree(purify.transform(lambda x: anonymous(name="scale")(x)).init(
+      jax.random.PRNGKey(0), x)) == {"scale": {"s": ()}}
 
 
 # ----------------------------------------------------------------------------- default names
