@@ -33,6 +33,7 @@ from purify.drop_in import (vmap, scan, map, fori_loop, while_loop, cond, switch
                             ensemble, lift_with_state, LiftWithStateUpdater)
 from purify.custom_derivatives import custom_jvp, custom_vjp
 from purify.inspect import make_jaxpr, explain
+from purify.keys import PRNGSequence
 from purify import ad_state  # noqa: F401  (installs the autodiff rule for state)
 
 from purify import data_structures  # noqa: E402
@@ -48,5 +49,5 @@ __all__ = [
     "TransformedWithState", "MultiTransformed", "MultiTransformedWithState",
     "vmap", "scan", "map", "fori_loop", "while_loop", "cond", "switch", "checkpoint", "remat",
     "jit", "grad", "value_and_grad", "jvp", "vjp", "eval_shape", "lift", "layer_stack",
-    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "nn", "data_structures", "mixed_precision",
+    "ensemble", "lift_with_state", "LiftWithStateUpdater", "custom_creator", "custom_getter", "ParamContext", "with_params", "get_params", "params_used", "custom_jvp", "custom_vjp", "make_jaxpr", "explain", "PRNGSequence", "nn", "data_structures", "mixed_precision",
 ]

@@ -110,3 +110,50 @@ def default_key_aval():
 def _default_key_aval(impl_name):
   sds = jax.eval_shape(lambda: jax.random.PRNGKey(0))     # (~250 us: once)
   return jax.core.ShapedArray(sds.shape, sds.dtype)
+
+
+class PRNGSequence:
+  """Haiku's ``hk.PRNGSequence``, for code outside a transform (a training loop):
+  an iterator of fresh keys from a seed or a key (raw or typed), each ``next`` one
+  split off — the same keys as Haiku's.
+
+  Example::
+
+      seq = purify.PRNGSequence(42)
+      params = model.init(next(seq), x)
+      k1, k2 = seq.take(2)
+  """
+
+  def __init__(self, key_or_seed):
+    if isinstance(key_or_seed, (int, np.integer)) and not isinstance(key_or_seed, bool):
+      key_or_seed = jax.random.PRNGKey(key_or_seed)
+    elif getattr(key_or_seed, "shape", None) == () and \
+        getattr(key_or_seed, "dtype", None) in (jnp.int32, jnp.uint32, jnp.int64):
+      key_or_seed = jax.random.PRNGKey(key_or_seed)       # a seed as a scalar array
+    elif not hasattr(key_or_seed, "dtype") or (
+        not (is_typed_key(key_or_seed) and jnp.shape(key_or_seed) == ()) and
+        not (key_or_seed.dtype == jnp.uint32 and jnp.shape(key_or_seed) == (2,))):
+      raise TypeError(f"purify.PRNGSequence takes an int seed or a PRNG key "
+                      f"(jax.random.key(s) or PRNGKey(s)), got {key_or_seed!r}.")
+    self._key = key_or_seed
+    self._reserved: list = []
+
+  def reserve(self, num: int) -> None:
+    """Split ``num`` more keys off now, for the next ``num`` calls."""
+    if num > 0:
+      key, *subkeys = jax.random.split(self._key, num + 1)
+      self._key = key
+      self._reserved.extend(subkeys)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._reserved:
+      self.reserve(1)
+    return self._reserved.pop(0)
+
+  def take(self, num: int) -> tuple:
+    """The next ``num`` keys."""
+    self.reserve(max(num - len(self._reserved), 0))
+    return tuple(next(self) for _ in range(num))

@@ -180,21 +180,32 @@ class Module:
         continue
       if isinstance(value, (staticmethod, classmethod, type)):
         continue
-      if attr.startswith("__") and attr not in ("__init__", "__call__"):
+      if attr.startswith("__") and attr not in ("__init__", "__call__", "__post_init__"):
         continue
-      setattr(cls, attr, _wrap_method(value, attr, cls))
+      # a dataclass module's __post_init__ is its constructor's body: its scope is __init__'s
+      method = "__init__" if attr == "__post_init__" else attr
+      setattr(cls, attr, _wrap_method(value, method, cls))
 
   def __init__(self, name: str | None = None):
     frame = _context.current_frame(type(self).__name__ + "()", "(modules are created inside a transform)")
     if name is None:
-      name = _snake(type(self).__name__)
-    elif not isinstance(name, str) or not _IDENT.match(name):
+      # a @dataclasses.dataclass module's ``name`` field (Haiku's rule), else the class's
+      name = getattr(self, "name", None)
+      if name is None:
+        name = _snake(type(self).__name__)
+    if not isinstance(name, str) or not _IDENT.match(name):
       raise ValueError(
           f"{type(self).__name__}(name={name!r}): a module name must be a Python identifier "
           f"(letters, digits, '_'; no '/'). Use purify.name_scope({name!r}) to add a path prefix.")
     self.module_name = _unique_name(frame, self, name)
     self.name = self.module_name.rsplit("/", 1)[-1]
     frame.bump()
+
+  def __post_init__(self):
+    """``@dataclasses.dataclass`` modules: the generated ``__init__`` sets the fields,
+    then this names the module (from its ``name`` field when not None), as Haiku's
+    do. A ``__post_init__`` of the subclass calls ``super().__post_init__()`` first."""
+    Module.__init__(self)
 
   def params_dict(self) -> dict:
     """This module's and its submodules' parameters declared so far, as Haiku's

@@ -505,3 +505,63 @@ def test_a_modules_default_name_is_haikus(cls_name):
   x = jnp.ones(2)
   want = hk.transform(program(hk)).init(jax.random.PRNGKey(0), x)
   assert _tree(purify.transform(program(purify)).init(jax.random.PRNGKey(0), x)) == _tree(want)
+
+
+# ----------------------------------------------------------------------------- dataclass modules
+def _dataclass_program(lib):
+  import dataclasses
+  from typing import Optional
+  linear = hk.Linear if lib is hk else purify.nn.Linear
+
+  @dataclasses.dataclass
+  class Block(lib.Module):
+    width: int
+    scale: float = 1.0
+    name: Optional[str] = None
+
+    def __call__(self, x):
+      return linear(self.width)(x) * self.scale
+
+  @dataclasses.dataclass
+  class Net(lib.Module):
+    block: Block
+    out: int
+    name: Optional[str] = None
+
+    def __post_init__(self):
+      super().__post_init__()
+      self.head = linear(self.out, name="head")      # created in the constructor: net/~/head
+
+    def __call__(self, x):
+      return self.head(self.block(x)) + Block(self.out, name="inner")(x)
+
+  def f(x):
+    return Net(Block(4), 2)(x) + Net(Block(4, 2.0, name="second"), 2, name="named")(x)
+  return f
+
+
+def test_dataclass_modules_are_named_and_run_as_haikus():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
+  hk_t, pf_t = hk.transform(_dataclass_program(hk)), purify.transform(_dataclass_program(purify))
+  params = hk_t.init(jax.random.PRNGKey(1), x)
+  assert _tree(pf_t.init(jax.random.PRNGKey(1), x)) == _tree(params)
+  assert {"net/~/head", "named/inner/linear", "second/linear"} <= set(params)
+  np.testing.assert_allclose(pf_t.apply(params, None, x), hk_t.apply(params, None, x), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- PRNGSequence
+@pytest.mark.parametrize("seed", [42, "raw", "typed", "array"])
+def test_prng_sequence_gives_haikus_keys(seed):
+  raw_key = jax.random.PRNGKey(7)
+  arg = {"raw": raw_key, "typed": jax.random.wrap_key_data(raw_key),
+         "array": jnp.int32(42)}.get(seed, seed)
+  hk_arg = jax.random.key_data(arg) if seed == "typed" else arg
+  ours, theirs = purify.PRNGSequence(arg), hk.PRNGSequence(hk_arg)
+  raw = (lambda k: jax.random.key_data(k)) if seed == "typed" else (lambda k: k)
+  got = [next(ours), *ours.take(3), next(ours)]
+  want = [next(theirs), *theirs.take(3), next(theirs)]
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(raw(g), w)
+  assert len({np.asarray(raw(g)).tobytes() for g in got}) == 5
+  with pytest.raises(TypeError, match="int seed or a PRNG key"):
+    purify.PRNGSequence(1.5)
