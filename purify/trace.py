@@ -107,7 +107,8 @@ def signature_of(args, kwargs, what="argument"):
       aval = jax.typeof(leaf) if not isinstance(leaf, np.ndarray) else None
       if aval is None:
         leaf = np.asarray(leaf)
-        shape, dtype, weak = leaf.shape, leaf.dtype, False
+        # (a float64 NumPy array is a float32 argument unless x64 is on, as in jnp)
+        shape, dtype, weak = leaf.shape, jax.dtypes.canonicalize_dtype(leaf.dtype), False
       else:
         shape, dtype, weak = aval.shape, aval.dtype, getattr(aval, "weak_type", False)
       dynamic.append((i, tuple(shape), np.dtype(dtype) if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else dtype, weak))

@@ -543,3 +543,17 @@ def test_state_write_under_a_batch_wide_predicate_still_works():
   assert new["~"]["seen"] == 2.0
   _, new = t.apply(params, state, None, jnp.ones((2, 3)))
   assert new["~"]["seen"] == 1.0
+
+
+def test_numpy_float64_arguments_are_float32_without_a_warning_unless_x64():
+  import warnings
+  t = purify.transform(lambda x: purify.nn.Linear(2)(x))
+  x = np.zeros((1, 3))                                   # float64, as NumPy makes it
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")                       # (was: a truncation UserWarning)
+    params = t.init(ROOT, x)
+    out = t.apply(params, None, x)
+  assert out.dtype == jnp.float32 and params["linear"]["w"].dtype == jnp.float32
+  with jax.enable_x64(True):
+    t64 = purify.transform(lambda x: x * 2)
+    assert t64.apply({}, None, x).dtype == jnp.float64
