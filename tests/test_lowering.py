@@ -268,3 +268,35 @@ def test_an_executable_stages_its_program_as_one_equation(depth):
   got = lowering._jit(cj, "program")(x, w)
   for a, b in zip(got, jax.jit(f)(x, w)):
     assert_same_values(a, b)
+
+
+def test_transforms_traced_and_run_in_several_threads_at_once():
+  """Actors in threads (Haiku's IMPALA example): each traces its own transform while
+  the others run, and a shared jitted apply serves them all."""
+  import threading
+  def net(x):
+    return purify.nn.MLP([8, 3])(x)
+  shared = purify.transform(net)
+  params = shared.init(jax.random.PRNGKey(0), jnp.ones((1, 5)))
+  step = jax.jit(shared.apply)
+  results, errors = {}, []
+
+  def actor(i):
+    try:
+      own = purify.transform(net)
+      x = jnp.full((1 + i, 5), float(i))
+      p = own.init(jax.random.PRNGKey(i), x)
+      results[i] = (own.apply(p, None, x), step(params, None, x[:1]),
+                    purify.transform(net).apply(p, None, x))
+    except Exception as e:                 # noqa: BLE001 (reported below)
+      errors.append(f"thread {i}: {e!r}")
+  threads = [threading.Thread(target=actor, args=(i,)) for i in range(6)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  for i, (own, stepped, again) in results.items():
+    assert own.shape == (1 + i, 3)
+    np.testing.assert_array_equal(own, again)
+    assert_same_values(stepped, shared.apply(params, None, jnp.full((1, 5), float(i))))
