@@ -19,7 +19,7 @@ meaning the Python loop they stand for:
 Stages (one module each): effects -> trace -> passes -> lowering -> transform.
 """
 from purify.effects import (param, next_rng_key, next_rng_keys, maybe_next_rng_key, get_state,
-                            set_state, default_init)
+                            set_state, default_init, keyed_init)
 from purify.errors import PurifyError
 from purify.module import Module, name_scope, to_module, intercept_methods, MethodContext
 from purify.transform import (transform, transform_with_state, without_apply_rng, without_state,
@@ -43,7 +43,7 @@ from purify import nn  # noqa: E402  (nn uses the API above)
 __version__ = "0.1.0"
 
 __all__ = [
-    "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "PurifyError",
+    "param", "next_rng_key", "next_rng_keys", "maybe_next_rng_key", "get_state", "set_state", "default_init", "keyed_init", "PurifyError",
     "Module", "name_scope", "to_module", "intercept_methods", "MethodContext", "transform", "transform_with_state", "without_apply_rng", "without_state",
     "with_empty_state", "multi_transform", "multi_transform_with_state", "Transformed",
     "TransformedWithState", "MultiTransformed", "MultiTransformedWithState",

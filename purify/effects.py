@@ -544,12 +544,39 @@ def next_rng_keys(num: int):
   return jax.random.split(next_rng_key(), int(num))
 
 
+class keyed_init:
+  """A state initializer that draws: ``purify.keyed_init(fn)`` with ``fn(key, shape,
+  dtype)`` (as ``jax.nn.initializers``) makes ``get_state(..., init=...)`` start the
+  state at ``fn(key, shape, dtype)``, the key derived from ``init``'s root key and the
+  state's path (Haiku's state initializers draw with ``hk.next_rng_key()``). Under
+  ``state_axes=0`` every member starts at the same draw, as a state initializer's
+  value is shared by the members.
+
+  Example::
+
+      def f(x):
+        u = purify.get_state("u", (1, 8), init=purify.keyed_init(jax.nn.initializers.normal()))
+        return x @ u.T
+  """
+
+  def __init__(self, fn: Callable):
+    if not callable(fn):
+      raise TypeError(f"purify.keyed_init takes init(key, shape, dtype), got {fn!r}.")
+    self.fn = fn
+
+  def __repr__(self):
+    return f"purify.keyed_init({self.fn!r})"
+
+
 def _state_site(frame, fn, name, shape, dtype, init):
   module = frame.module_path()
   key = (module, name)
   site = _context.user_site()
   prev = frame.states.get(key)
   stack = tuple(size for size, _, _ in frame.state_stack)
+  key_name = None
+  if isinstance(init, keyed_init):      # init(key, shape, dtype), the key the state's own
+    key_name, init = f"state:{module}/{name}", init.fn
   if prev is not None and prev.stack != stack:
     raise errors.ParamConflictError(
         f"State '{module}/{name}' was declared at {prev.site} with per-example/per-step "
@@ -559,21 +586,25 @@ def _state_site(frame, fn, name, shape, dtype, init):
     shape = stack + tuple(shape)
     if init is not None:
       base_init = init
-      init = lambda s, d: jnp.broadcast_to(jnp.asarray(base_init(s[len(stack):], d), d), s)  # noqa: E731
+      n = len(stack)
+      if key_name is None:
+        init = lambda s, d: jnp.broadcast_to(jnp.asarray(base_init(s[n:], d), d), s)  # noqa: E731
+      else:
+        init = lambda k, s, d: jnp.broadcast_to(jnp.asarray(base_init(k, s[n:], d), d), s)  # noqa: E731
   if prev is None:
     if shape is None:
       raise TypeError(
           f"purify.{fn}({name!r}): the state does not exist yet and no shape was given. "
           f"Pass shape= (and dtype=, init=) on first use, or create it with set_state first.")
     prev = frame.states[key] = _context.StateSite(module, name, shape, dtype, init, site,
-                                                  stack=stack)
+                                                  key_name=key_name, stack=stack)
   elif shape is not None and (prev.shape != shape or prev.dtype != dtype):
     raise errors.ParamConflictError(errors.PARAM_CONFLICT.format(
         path=prev.path, what="shapes" if prev.shape != shape else "dtypes",
         first_shape=prev.shape, first_dtype=prev.dtype, first_site=prev.site,
         second_shape=shape, second_dtype=dtype, second_site=site).replace("Parameter", "State"))
   elif prev.init is None and init is not None:
-    prev.init = init
+    prev.init, prev.key_name = init, key_name
   return prev
 
 

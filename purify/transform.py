@@ -117,7 +117,7 @@ class _Purified:
     for k, c in entries.items():      # a program that never derives a key serves any kind
       if c.program.asks_rng and (k is None) != (kind is None):
         continue                      # (maybe_next_rng_key answered the other way)
-      if not c.program.params and not c.needs_rng:
+      if not _derives_keys(c.program) and not c.needs_rng:
         return c, dyn
       if kind is None:
         return c, dyn
@@ -145,10 +145,10 @@ class _Purified:
     with _context.no_frame():
       c, dyn = self.compiled(rng, args, kwargs)
     if rng is None:
-      if c.program.params or c.needs_rng:
+      if _derives_keys(c.program) or c.needs_rng:
         raise errors.MissingRngError(
-            "init() needs a key (rng=None was given): the model has parameters to "
-            "initialize. Call init(jax.random.key(0), ...).")
+            "init() needs a key (rng=None was given): the model has parameters (or "
+            "states drawn with keyed_init) to initialize. Call init(jax.random.key(0), ...).")
       rng = jax.random.PRNGKey(0)   # unused: nothing to initialize, nothing draws
     flat = c.init_exec(rng, *dyn)
     n = len(c.param_keys)
@@ -226,6 +226,12 @@ def _init_forward(program, apply_exec, name):
     else:
       ins.append(("in", 1 + r[1]))
   return ex, tuple(ins), program.init_forward
+
+
+def _derives_keys(program) -> bool:
+  """Whether init derives keys from its root: parameters, or states drawn with a key
+  (``keyed_init``, lifted states)."""
+  return bool(program.params) or any(st.key_name is not None for st in program.states.values())
 
 
 def _uses_rng(program) -> bool:

@@ -27,9 +27,9 @@ the reference ``S`` applies every layer once, plainly, to one example. With
 
 Cells that must fail: per-example state writes under a vmap without an axis name
 (BatchNorm training without ``cross_replica_axis``, ExponentialMovingAverage,
-EMAParamsTree, a ResNet in training) raise ``purify.PurifyError``
-(``PerExampleStateError``). ``test_zoo_covers_every_public_layer`` fails when a public
-layer of ``purify.nn`` is missing from the zoo or from a transform.
+EMAParamsTree, SpectralNorm, SNParamsTree, a ResNet or MobileNetV1 in training) raise
+``purify.PurifyError`` (``PerExampleStateError``). ``test_zoo_covers_every_public_layer``
+fails when a public layer of ``purify.nn`` is missing from the zoo or from a transform.
 
 Floats: ``TOL`` (different compiled programs); RNG masks and integers bitwise.
 XLA's optimizations are off for this module (compiles dominate its time).
@@ -138,6 +138,8 @@ ZOO = [
           module(lambda a: nn.DepthwiseConv2D(1, 2, stride=2)), normal(1, 4, 4, 2)),
     Layer("DepthwiseConv3D", ("DepthwiseConv3D",),
           module(lambda a: nn.DepthwiseConv3D(2, 2, data_format="NCDHW")), normal(1, 2, 2, 2, 2)),
+    Layer("SeparableDepthwiseConv2D", ("SeparableDepthwiseConv2D",),
+          module(lambda a: nn.SeparableDepthwiseConv2D(2, 3)), normal(1, 4, 4, 2)),
     Layer("max_pool", ("max_pool",), lambda a: lambda x: nn.max_pool(x, 2, 2, "VALID"),
           normal(1, 4, 4, 2)),
     Layer("avg_pool", ("avg_pool",), lambda a: lambda x: nn.avg_pool(x, 3, 1, "SAME"),
@@ -156,6 +158,16 @@ ZOO = [
         nn.LSTM(3)), pair(normal(2), pair(normal(3), normal(3)))),
     Layer("GRU", ("GRU",), lambda a: (lambda c: lambda x: c(*x))(nn.GRU(3)),
           pair(normal(2), normal(3))),
+    # unbatched examples: (x, (hidden, cell)), the state [*input_shape, output_channels]
+    Layer("Conv1DLSTM", ("Conv1DLSTM",), lambda a: (lambda c: lambda x: c(
+        x[0], nn.LSTMState(*x[1])))(nn.Conv1DLSTM((4,), 2, 3)),
+          pair(normal(4, 1), pair(normal(4, 2), normal(4, 2)))),
+    Layer("Conv2DLSTM", ("Conv2DLSTM",), lambda a: (lambda c: lambda x: c(
+        x[0], nn.LSTMState(*x[1])))(nn.Conv2DLSTM((3, 3), 2, 2)),
+          pair(normal(3, 3, 1), pair(normal(3, 3, 2), normal(3, 3, 2)))),
+    Layer("Conv3DLSTM", ("Conv3DLSTM",), lambda a: (lambda c: lambda x: c(
+        x[0], nn.LSTMState(*x[1])))(nn.Conv3DLSTM((2, 2, 2), 1, 2)),
+          pair(normal(2, 2, 2, 1), pair(normal(2, 2, 2, 1), normal(2, 2, 2, 1)))),
     Layer("static_unroll", ("static_unroll",), _unroll(nn.static_unroll, lambda: nn.VanillaRNN(3)),
           pair(normal(3, 2), normal(3))),
     Layer("dynamic_unroll", ("dynamic_unroll",), _unroll(nn.dynamic_unroll, lambda: nn.GRU(3)),
@@ -187,6 +199,11 @@ ZOO = [
     Layer("EMAParamsTree", ("EMAParamsTree",),
           lambda a: (lambda m: lambda x: m({"net/~/w": {"w": x}}))(nn.EMAParamsTree(0.5)),
           normal(3), state=True),
+    Layer("SpectralNorm", ("SpectralNorm",), module(lambda a: nn.SpectralNorm()), normal(3, 2),
+          state=True),
+    Layer("SNParamsTree", ("SNParamsTree",), lambda a: (lambda m: lambda x: m(
+        {"net/~/lin": {"w": x, "b": x[0]}}))(nn.SNParamsTree(ignore_regex=".*/b$")),
+          normal(2, 3), state=True),
     # v1, no bottleneck: runs BlockGroup and BlockV1 (in training: batch statistics)
     Layer("ResNet_train", ("ResNet", "BlockGroup", "BlockV1"), module(lambda a: nn.ResNet(
         blocks_per_group=(1, 1, 1, 1), num_classes=3, bn_config=bn_config(a), bottleneck=False,
@@ -196,6 +213,17 @@ ZOO = [
     Layer("BlockV2_train", ("BlockV2",), module(lambda a: nn.BlockV2(
         4, 2, True, bn_config(a), bottleneck=False), True, False), normal(1, 4, 4, 2),
           state=True, batch_stats=True),
+    # Haiku's MobileNetV1 has no bn_config (no cross_replica_axis): in training its state
+    # writes are per example under a vmap
+    Layer("MobileNetV1_train", ("MobileNetV1",), module(lambda a: nn.MobileNetV1(
+        strides=(1,), channels=(4,), num_classes=3), True), normal(1, 7, 7, 2), state=True),
+    Layer("VectorQuantizer", ("VectorQuantizer",),
+          module(lambda a: nn.VectorQuantizer(2, 4, 0.25), True), normal(3, 2)),
+    # the codebook's update from the whole batch's counts (psum over the named axis)
+    Layer("VectorQuantizerEMA_train", ("VectorQuantizerEMA",), lambda a: (
+        lambda m: lambda x: m(x, True)["quantize"])(
+            nn.VectorQuantizerEMA(2, 3, 0.25, decay=0.9, cross_replica_axis=a)),
+          normal(3, 2), state=True, batch_stats=True),
     Layer("Transformer", ("Transformer", "TransformerBlock"),
           module(lambda a: nn.Transformer(2, 2, 2, 8, dropout_rate=0.5, scan_layers=True)),
           normal(3, 4), rng=True),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import purify
+from purify import keys
 from test_semantics import ROOT, check_against_reference, assert_same
 
 
@@ -128,3 +129,40 @@ def test_state_axes_errors_name_the_policy_and_the_fix():
     return purify.vmap(lambda x: jax.vmap(accumulate)(x[:, None]), state_axes=0)(xs)
   with pytest.raises(purify.PurifyError, match=r"per-example"):
     purify.transform_with_state(inner_varies).init(ROOT, XS)
+
+
+# ----------------------------------------------------------------------------- keyed_init
+def _keyed_model(x):
+  u = purify.get_state("u", (3,), init=purify.keyed_init(jax.nn.initializers.normal()))
+  purify.set_state("u", u * 2)
+  return x + u
+
+
+def test_keyed_init_draws_a_state_from_the_init_key():
+  t = purify.transform_with_state(_keyed_model)
+  x = jnp.zeros(3)
+  _, s0 = t.init(ROOT, x)
+  _, s1 = t.init(jax.random.PRNGKey(5), x)
+  _, again = t.init(ROOT, x)
+  assert not np.array_equal(s0["~"]["u"], s1["~"]["u"])          # the key decides
+  np.testing.assert_array_equal(s0["~"]["u"], again["~"]["u"])
+  # the key is the state's own: derived from the root and the state's path
+  want = jax.nn.initializers.normal()(keys.param_key(ROOT, "state:~/u"), (3,), jnp.float32)
+  np.testing.assert_array_equal(s0["~"]["u"], want)
+  out, s = t.apply({}, s0, None, x)
+  np.testing.assert_array_equal(out, want)
+  np.testing.assert_array_equal(s["~"]["u"], 2 * want)
+  # no key, no draw: init refuses rng=None, naming keyed_init
+  with pytest.raises(purify.errors.MissingRngError, match="keyed_init"):
+    t.init(None, x)
+  # a typed key after a raw one: its own program (not the raw key's)
+  _, typed = t.init(jax.random.key(0), x)
+  assert typed["~"]["u"].shape == (3,)
+
+
+def test_keyed_init_under_state_axes_starts_every_member_at_the_same_draw():
+  def f(x):
+    return purify.vmap(lambda xi: _keyed_model(xi), state_axes=0, axis_name="b")(x)
+  _, s = purify.transform_with_state(f).init(ROOT, jnp.zeros((4, 3)))
+  u = np.asarray(s["~"]["u"])
+  assert u.shape == (4, 3) and (u == u[0]).all() and (u[0] != 0).all()

@@ -1,6 +1,6 @@
-"""Convolutions (ConvND, Conv1D/2D/3D, their transposes and the depthwise
-DepthwiseConv1D/2D/3D), with Haiku's argument names and defaults, parameter names
-(``w``, ``b``), shapes and default initializers.
+"""Convolutions (ConvND, Conv1D/2D/3D, their transposes, the depthwise
+DepthwiseConv1D/2D/3D and SeparableDepthwiseConv2D), with Haiku's argument names and
+defaults, parameter names (``w``, ``b``), shapes and default initializers.
 
 Also here: ``variance_scaling`` (Haiku's ``VarianceScaling`` as a purify initializer
 ``init(key, shape, dtype)``) and ``pad`` (Haiku's ``hk.pad`` padding functions).
@@ -509,6 +509,43 @@ class DepthwiseConv3D(DepthwiseConvND):
     super().__init__(channel_multiplier, kernel_shape, 3, data_format, stride=stride,
                      rate=rate, padding=padding, with_bias=with_bias, w_init=w_init,
                      b_init=b_init, name=name)
+
+
+class SeparableDepthwiseConv2D(purify.Module):
+  """Haiku's ``SeparableDepthwiseConv2D``: a 2D depthwise convolution factored over
+  the two spatial axes, a :class:`DepthwiseConv2D` with kernel ``(kh, 1)`` (the
+  ``channel_multiplier``, the ``stride``, no bias) followed by one with kernel
+  ``(1, kw)`` (multiplier 1, stride 1, the bias if ``with_bias``). Both use
+  ``padding``, ``w_init``, ``b_init`` and ``data_format``; ``C`` input channels give
+  ``channel_multiplier * C`` outputs.
+
+  (Despite the name it is not the MobileNet-style "depthwise separable" convolution
+  -- a depthwise conv followed by a 1x1 Conv2D -- but what Haiku computes, so that
+  Haiku's parameters load: ``separable_depthwise_conv2_d/~/depthwise_conv2_d``
+  ``w: (kh, 1, 1, channel_multiplier * C)`` and ``.../~/depthwise_conv2_d_1``
+  ``w: (1, kw, 1, channel_multiplier * C)``, ``b: (channel_multiplier * C,)``.)
+
+  Example::
+
+      def f(x):                                   # x: (batch, 8, 8, 3)
+        conv = purify.nn.SeparableDepthwiseConv2D(2, (3, 5), stride=2)
+        return conv(x)                            # (batch, 4, 4, 6)
+  """
+
+  def __init__(self, channel_multiplier: int, kernel_shape: int | Sequence[int],
+               stride: int | Sequence[int] = 1, padding="SAME", with_bias: bool = True,
+               w_init: Callable | None = None, b_init: Callable | None = None,
+               data_format: str = "NHWC", name: str | None = None):
+    super().__init__(name=name)
+    kh, kw = _replicate(kernel_shape, 2, "kernel_shape")
+    self._conv1 = DepthwiseConv2D(channel_multiplier, (kh, 1), stride=stride, padding=padding,
+                                  with_bias=False, w_init=w_init, b_init=b_init,
+                                  data_format=data_format)
+    self._conv2 = DepthwiseConv2D(1, (1, kw), stride=1, padding=padding, with_bias=with_bias,
+                                  w_init=w_init, b_init=b_init, data_format=data_format)
+
+  def __call__(self, inputs, *, precision=None):
+    return self._conv2(self._conv1(inputs, precision=precision), precision=precision)
 
 
 # ----------------------------------------------------------------------------- transposes

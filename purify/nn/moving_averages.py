@@ -134,16 +134,21 @@ class EMAParamsTree(purify.Module):
     self.ignore_regex = ignore_regex
 
   def __call__(self, tree, update_stats: bool = True):
-    out = {}
-    for module_name, leaves in tree.items():
-      out[module_name] = {}
-      for name, value in leaves.items():
-        path = f"{module_name}/{name}"
-        if self.ignore_regex and re.match(self.ignore_regex, path):
-          out[module_name][name] = value
-          continue
-        ema = ExponentialMovingAverage(
-            self.decay, self.zero_debias, self.warmup_length,
-            name=path.replace("/", "__").replace("~", "_tilde_"))
-        out[module_name][name] = ema(value, update_stats=update_stats)
-    return out
+    return map_params_tree(tree, self.ignore_regex, "_tilde_", lambda name, value: ExponentialMovingAverage(
+        self.decay, self.zero_debias, self.warmup_length, name=name)(value, update_stats=update_stats))
+
+
+def map_params_tree(tree, ignore_regex: str, tilde: str, fn):
+  """``{module: {name: fn(submodule_name, value)}}`` for a params tree (Haiku's
+  ``*ParamsTree`` modules): each leaf gets a submodule named after its path, ``/`` as
+  ``__`` and ``~`` as ``tilde``; leaves whose path matches ``ignore_regex`` pass through."""
+  out = {}
+  for module_name, leaves in tree.items():
+    out[module_name] = {}
+    for name, value in leaves.items():
+      path = f"{module_name}/{name}"
+      if ignore_regex and re.match(ignore_regex, path):
+        out[module_name][name] = value
+      else:
+        out[module_name][name] = fn(path.replace("/", "__").replace("~", tilde), value)
+  return out

@@ -1,4 +1,4 @@
-"""Recurrent cores (VanillaRNN, LSTM, GRU), core combinators (DeepRNN,
+"""Recurrent cores (VanillaRNN, LSTM, GRU, Conv1D/2D/3DLSTM), core combinators (DeepRNN,
 deep_rnn_with_skip_connections, ResetCore, IdentityCore) and unrolls, with Haiku's
 names and shapes.
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import purify
-from purify.nn.conv import variance_scaling
+from purify.nn.conv import ConvND, variance_scaling
 from purify.nn.linear import Linear
 
 
@@ -112,6 +112,116 @@ class LSTM(RNNCore):
 
   def initial_state(self, batch_size: int | None) -> LSTMState:
     return LSTMState(_zeros(self.hidden_size, batch_size), _zeros(self.hidden_size, batch_size))
+
+
+class ConvNDLSTM(RNNCore):
+  """Convolutional LSTM over ``num_spatial_dims`` spatial axes (Haiku's ``ConvNDLSTM``,
+  https://arxiv.org/abs/1506.04214): :class:`LSTM` with its two matmuls replaced by
+  ``"SAME"`` convolutions, ``input_to_hidden`` (of ``x_t``) and ``hidden_to_hidden``
+  (of ``h_{t-1}``), each a :class:`~purify.nn.ConvND` with ``4 * output_channels``
+  outputs (gates ``i, g, f, o`` along the channel axis; the forget gate gets +1
+  before its sigmoid)::
+
+      c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g),   h_t = sigmoid(o) tanh(c_t)
+
+  Inputs are channels-last, ``[N, *input_shape, C]`` or unbatched
+  ``[*input_shape, C]``; the output is ``h_t`` and the state ``LSTMState(h_t, c_t)``,
+  each ``[N, *input_shape, output_channels]``. ``input_shape`` is the inputs' spatial
+  shape (without the batch and channel axes); it sets ``initial_state``'s shape.
+  Parameters: ``conv2_dlstm/input_to_hidden`` ``w: kernel_shape + (C, 4 *
+  output_channels)``, ``.../hidden_to_hidden`` ``w: kernel_shape + (output_channels,
+  4 * output_channels)``, each with ``b: (4 * output_channels,)``.
+
+  Example::
+
+      def f(xs):                                  # xs: (T, batch, 8, 8, 3)
+        core = purify.nn.Conv2DLSTM(input_shape=(8, 8), output_channels=4,
+                                    kernel_shape=3)
+        return purify.nn.dynamic_unroll(core, xs, core.initial_state(xs.shape[1]))
+  """
+
+  def __init__(self, num_spatial_dims: int, input_shape: Sequence[int], output_channels: int,
+               kernel_shape: int | Sequence[int], name: str | None = None):
+    super().__init__(name=name)
+    self.num_spatial_dims = num_spatial_dims
+    self.input_shape = tuple(input_shape)
+    self.output_channels = output_channels
+    self.kernel_shape = kernel_shape
+
+  def __call__(self, inputs, state: LSTMState):
+    inputs = jnp.asarray(inputs)
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    conv = lambda name: ConvND(self.num_spatial_dims, 4 * self.output_channels,  # noqa: E731
+                               self.kernel_shape, name=name)
+    x_gates = conv("input_to_hidden")(inputs)
+    h_gates = conv("hidden_to_hidden")(state.hidden)
+    try:
+      jnp.broadcast_shapes(x_gates.shape, h_gates.shape, state.cell.shape[:-1] + (1,))
+    except ValueError:
+      raise TypeError(
+          f"{type(self).__name__} {self.module_name!r}: the input {inputs.shape} and the "
+          f"state (hidden {state.hidden.shape}, cell {state.cell.shape}) do not match; the "
+          f"state must be [batch, *input_shape, output_channels] for an input [batch, "
+          f"*input_shape, channels] (input_shape={self.input_shape}). Start from "
+          "initial_state(batch_size).") from None
+    i, g, f, o = jnp.split(x_gates + h_gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + 1) * state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return h, LSTMState(h, c)
+
+  def initial_state(self, batch_size: int | None) -> LSTMState:
+    shape = self.input_shape + (self.output_channels,)
+    state = LSTMState(jnp.zeros(shape), jnp.zeros(shape))
+    return state if batch_size is None else add_batch(state, batch_size)
+
+
+class Conv1DLSTM(ConvNDLSTM):
+  """1D convolutional LSTM (Haiku's ``hk.Conv1DLSTM``): :class:`ConvNDLSTM` over
+  ``[N, W, C]`` inputs, ``input_shape=(W,)``.
+
+  Example::
+
+      def f(x):                                   # x: (batch, 10, 3)
+        core = purify.nn.Conv1DLSTM(input_shape=(10,), output_channels=4, kernel_shape=3)
+        return core(x, core.initial_state(x.shape[0]))   # out: (batch, 10, 4)
+  """
+
+  def __init__(self, input_shape: Sequence[int], output_channels: int,
+               kernel_shape: int | Sequence[int], name: str | None = None):
+    super().__init__(1, input_shape, output_channels, kernel_shape, name=name)
+
+
+class Conv2DLSTM(ConvNDLSTM):
+  """2D convolutional LSTM (Haiku's ``hk.Conv2DLSTM``): :class:`ConvNDLSTM` over
+  ``[N, H, W, C]`` inputs, ``input_shape=(H, W)``.
+
+  Example::
+
+      def f(x):                                   # x: (batch, 8, 8, 3)
+        core = purify.nn.Conv2DLSTM(input_shape=(8, 8), output_channels=4, kernel_shape=3)
+        return core(x, core.initial_state(x.shape[0]))   # out: (batch, 8, 8, 4)
+  """
+
+  def __init__(self, input_shape: Sequence[int], output_channels: int,
+               kernel_shape: int | Sequence[int], name: str | None = None):
+    super().__init__(2, input_shape, output_channels, kernel_shape, name=name)
+
+
+class Conv3DLSTM(ConvNDLSTM):
+  """3D convolutional LSTM (Haiku's ``hk.Conv3DLSTM``): :class:`ConvNDLSTM` over
+  ``[N, D, H, W, C]`` inputs, ``input_shape=(D, H, W)``.
+
+  Example::
+
+      def f(x):                                   # x: (batch, 4, 4, 4, 2)
+        core = purify.nn.Conv3DLSTM(input_shape=(4, 4, 4), output_channels=3,
+                                    kernel_shape=2)
+        return core(x, core.initial_state(x.shape[0]))   # out: (batch, 4, 4, 4, 3)
+  """
+
+  def __init__(self, input_shape: Sequence[int], output_channels: int,
+               kernel_shape: int | Sequence[int], name: str | None = None):
+    super().__init__(3, input_shape, output_channels, kernel_shape, name=name)
 
 
 class GRU(RNNCore):

@@ -293,7 +293,7 @@ def _initial_state(st, root, memo):
   def call(*a):
     with user_code():
       return init(*a)
-  if st.key_name is not None:       # lifted state: computed with its lift's key
+  if st.key_name is not None:       # lifted or keyed_init state: computed with its key
     thunk = lambda: call(keys.param_key(root, st.key_name), st.shape, st.dtype)  # noqa: E731
     return _checked(_call_init("state", st, f"init({st.shape}, {st.dtype})", thunk), st)
   hit = memo.get(("fn", id(init)))     # (many states share an initializer object)
