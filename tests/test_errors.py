@@ -361,7 +361,7 @@ def test_haiku_style_parameter_initializer_says_how_to_wrap_it():
 
 
 def test_haiku_initializer_object_names_its_jax_counterpart():
-  hk = pytest.importorskip("haiku")
+  import haiku as hk                   # (a dev dependency)
   f = lambda x: x @ purify.param("w", (3, 2), init=hk.initializers.TruncatedNormal(0.1))  # noqa: E731
   with pytest.raises(errors.InitializerError) as ei:
     purify.transform(f).init(ROOT, jnp.ones((1, 3)))
