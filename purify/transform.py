@@ -331,13 +331,28 @@ class ApplyFn:
     return self.purified.apply(params, *args, **kwargs)
 
 
-class _ApplyWithoutRng(ApplyFn):
+class _WrappedInit(InitFn):
+  """An ``init`` that one of Haiku's transform wrappers made: it calls ``inner``."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner = inner
+
+
+class _WrappedApply(ApplyFn):
+  """An ``apply`` that one of Haiku's transform wrappers made: it calls ``inner``."""
+
+  def __init__(self, inner):
+    super().__init__(inner.purified)
+    self.inner, self.rng_dropped = inner, inner.rng_dropped
+
+
+class _ApplyWithoutRng(_WrappedApply):
   """``apply`` without its ``rng`` argument (:func:`without_apply_rng`)."""
-  rng_dropped = True
 
   def __init__(self, inner, with_state: bool):
-    super().__init__(inner.purified)
-    self.inner, self.with_state = inner, with_state
+    super().__init__(inner)
+    self.with_state, self.rng_dropped = with_state, True
 
   def __call__(self, params, *args, **kwargs):
     if self.with_state:
@@ -348,12 +363,8 @@ class _ApplyWithoutRng(ApplyFn):
     return self.inner(params, None, *args, **kwargs)
 
 
-class _InitWithoutState(InitFn):
+class _InitWithoutState(_WrappedInit):
   """``init`` returning only params (:func:`without_state`)."""
-
-  def __init__(self, inner):
-    super().__init__(inner.purified)
-    self.inner = inner
 
   def __call__(self, rng, *args, **kwargs):
     params, state = self.inner(rng, *args, **kwargs)
@@ -364,12 +375,8 @@ class _InitWithoutState(InitFn):
     return params
 
 
-class _ApplyWithoutState(ApplyFn):
+class _ApplyWithoutState(_WrappedApply):
   """``apply`` without state in or out (:func:`without_state`)."""
-
-  def __init__(self, inner):
-    super().__init__(inner.purified)
-    self.inner, self.rng_dropped = inner, inner.rng_dropped
 
   def __call__(self, params, *args, **kwargs):
     rng, rest = (None, args) if self.rng_dropped else (args[0] if args else None, args[1:])
@@ -381,23 +388,15 @@ class _ApplyWithoutState(ApplyFn):
     return out
 
 
-class _InitWithEmptyState(InitFn):
+class _InitWithEmptyState(_WrappedInit):
   """``init`` returning ``(params, {})`` (:func:`with_empty_state`)."""
-
-  def __init__(self, inner):
-    super().__init__(inner.purified)
-    self.inner = inner
 
   def __call__(self, rng, *args, **kwargs):
     return self.inner(rng, *args, **kwargs), {}
 
 
-class _ApplyWithEmptyState(ApplyFn):
+class _ApplyWithEmptyState(_WrappedApply):
   """``apply(params, state, ...) -> (out, {})`` (:func:`with_empty_state`)."""
-
-  def __init__(self, inner):
-    super().__init__(inner.purified)
-    self.inner, self.rng_dropped = inner, inner.rng_dropped
 
   def __call__(self, params, state, *args, **kwargs):
     del state                         # (as Haiku: the model has none to read)
