@@ -147,11 +147,13 @@ def test_keyed_init_draws_a_state_from_the_init_key():
   assert not np.array_equal(s0["~"]["u"], s1["~"]["u"])          # the key decides
   np.testing.assert_array_equal(s0["~"]["u"], again["~"]["u"])
   # the key is the state's own: derived from the root and the state's path
+  # (eager here, inside init's program there: XLA's erf_inv may differ by one ulp
+  # between the two, measured on JAX 0.10 on this CI's CPU)
   want = jax.nn.initializers.normal()(keys.param_key(ROOT, "state:~/u"), (3,), jnp.float32)
-  np.testing.assert_array_equal(s0["~"]["u"], want)
+  np.testing.assert_array_max_ulp(s0["~"]["u"], want, maxulp=1)
   out, s = t.apply({}, s0, None, x)
-  np.testing.assert_array_equal(out, want)
-  np.testing.assert_array_equal(s["~"]["u"], 2 * want)
+  np.testing.assert_array_equal(out, s0["~"]["u"])
+  np.testing.assert_array_equal(s["~"]["u"], 2 * s0["~"]["u"])
   # no key, no draw: init refuses rng=None, naming keyed_init
   with pytest.raises(purify.errors.MissingRngError, match="keyed_init"):
     t.init(None, x)
