@@ -75,13 +75,13 @@ _INTERCEPTORS = _Interceptors()
 _GLOBAL_INTERCEPTORS: list = []     # intercept_methods_global (mixed precision), run first
 
 
-def _wrap_method(fn, method_name, cls=None):
+def _wrap_method(fn, method_name, cls):
   @functools.wraps(fn)
   def wrapped(self, *args, **kwargs):
     with _MethodScope(self, method_name):
       if not _GLOBAL_INTERCEPTORS and not _INTERCEPTORS.scoped:
         return fn(self, *args, **kwargs)
-      return _run_interceptors(fn, method_name, self, cls or type(self), args, kwargs)
+      return _run_interceptors(fn, method_name, self, cls, args, kwargs)
   wrapped._purify_wrapped = True
   return wrapped
 
